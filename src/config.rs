@@ -1,0 +1,227 @@
+//! The layered configuration: defaults in code, then a TOML file (`--config`), then
+//! `FLOWHUB_*` environment variables, then command-line flags; each layer overrides the one
+//! before. Every setting is a field of [`Config`]; the same names are used in the file (as
+//! keys) and in the environment (upper-cased, prefixed with `FLOWHUB_`).
+//!
+//! The configuration is read once at start; nothing reads files or the environment after.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Every setting of the hub. See `docs/CONFIGURATION.md` for a commented example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the one listener: HTTP `/api/...`, WebSocket `/ws`, `/health`.
+    /// `FLOWHUB_LISTEN`, default `127.0.0.1:7340`.
+    pub listen: String,
+    /// Directory of the hub's durable state. `FLOWHUB_DATA_DIR`, default `./flowhub-data`.
+    pub data_dir: PathBuf,
+    /// Log filter in `tracing` syntax (`info`, `flowhub=debug`). `FLOWHUB_LOG`.
+    pub log: String,
+    /// `text` (human) or `json` (one object per line). `FLOWHUB_LOG_FORMAT`.
+    pub log_format: String,
+    /// Largest WebSocket message answered normally; larger ones get `TOO_LARGE`, and messages
+    /// over four times this close the connection with code 1009.
+    pub max_frame_bytes: usize,
+    /// Largest HTTP request body; larger ones get `TOO_LARGE` (HTTP 413).
+    pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted in a frame or body.
+    pub max_depth: usize,
+    /// Connections held at once; further connections wait in the accept queue.
+    pub max_connections: usize,
+    /// Calls in flight on one WebSocket; past this the hub stops reading from that socket
+    /// until a reply has been sent.
+    pub max_calls_in_flight: usize,
+    /// Frames waiting to be written to one WebSocket.
+    pub outbound_queue: usize,
+    /// Time a new connection has to send its HTTP request or WebSocket upgrade.
+    pub handshake_timeout_ms: u64,
+    /// Time calls in flight get to finish on SIGTERM or Ctrl-C.
+    pub shutdown_grace_ms: u64,
+    /// A LIST on a collection at least this large indexes the fields it filters on.
+    pub auto_index_min: usize,
+    /// Fields indexed from the start, per endpoint: `"address/address" = ["city"]`.
+    pub index: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7340".into(),
+            data_dir: PathBuf::from("./flowhub-data"),
+            log: "info".into(),
+            log_format: "text".into(),
+            max_frame_bytes: 1 << 20,
+            max_body_bytes: 1 << 20,
+            max_depth: 32,
+            max_connections: 16_384,
+            max_calls_in_flight: 256,
+            outbound_queue: 1024,
+            handshake_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+            auto_index_min: 1000,
+            index: BTreeMap::new(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from all layers: `file` (if any), then `env`, then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, String> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        if let Some(v) = &flags.listen {
+            config.listen.clone_from(v);
+        }
+        if let Some(v) = &flags.data_dir {
+            config.data_dir.clone_from(v);
+        }
+        if let Some(v) = &flags.log {
+            config.log.clone_from(v);
+        }
+        if let Some(v) = &flags.log_format {
+            config.log_format.clone_from(v);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `FLOWHUB_<FIELD>` variables. Unknown `FLOWHUB_*` names are left alone (client
+    /// subcommands use `FLOWHUB_URL`, `FLOWHUB_TOKEN`, ...).
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), String> {
+        fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{key}={v:?} is not a number"))
+        }
+        for (key, v) in env {
+            let Some(name) = key.strip_prefix("FLOWHUB_") else {
+                continue;
+            };
+            match name {
+                "LISTEN" => self.listen = v,
+                "DATA_DIR" => self.data_dir = PathBuf::from(v),
+                "LOG" => self.log = v,
+                "LOG_FORMAT" => self.log_format = v,
+                "MAX_FRAME_BYTES" => self.max_frame_bytes = num(&key, &v)?,
+                "MAX_BODY_BYTES" => self.max_body_bytes = num(&key, &v)?,
+                "MAX_DEPTH" => self.max_depth = num(&key, &v)?,
+                "MAX_CONNECTIONS" => self.max_connections = num(&key, &v)?,
+                "MAX_CALLS_IN_FLIGHT" => self.max_calls_in_flight = num(&key, &v)?,
+                "OUTBOUND_QUEUE" => self.outbound_queue = num(&key, &v)?,
+                "HANDSHAKE_TIMEOUT_MS" => self.handshake_timeout_ms = num(&key, &v)?,
+                "SHUTDOWN_GRACE_MS" => self.shutdown_grace_ms = num(&key, &v)?,
+                "AUTO_INDEX_MIN" => self.auto_index_min = num(&key, &v)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log_format must be \"text\" or \"json\", not {:?}",
+                self.log_format
+            ));
+        }
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_depth", self.max_depth),
+            ("max_connections", self.max_connections),
+            ("max_calls_in_flight", self.max_calls_in_flight),
+            ("outbound_queue", self.outbound_queue),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_depth > 128 {
+            return Err("max_depth must be at most 128".into());
+        }
+        for (endpoint, fields) in &self.index {
+            crate::protocol::request::validate_endpoint(endpoint)
+                .map_err(|e| format!("index: {}", e.message))?;
+            for f in fields {
+                if crate::query::Path::parse(f).is_none() {
+                    return Err(format!("index.{endpoint:?}: {f:?} is not a field path"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hub.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\nmax_depth = 10\n[index]\n\"address/address\" = [\"city\"]\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("FLOWHUB_LISTEN".to_string(), "127.0.0.1:2".to_string()),
+            ("FLOWHUB_URL".into(), "x".into()),
+        ];
+        let c = Config::load(Some(&file), env.clone(), &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(c.max_depth, 10);
+        assert_eq!(c.index["address/address"], vec!["city".to_string()]);
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::load(Some(&file), env, &flags).unwrap().listen,
+            "127.0.0.1:3"
+        );
+        assert_eq!(
+            Config::load(None, vec![], &Overrides::default()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hub.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        assert!(Config::load(Some(&file), vec![], &Overrides::default()).is_err());
+        let env = vec![("FLOWHUB_MAX_DEPTH".to_string(), "deep".to_string())];
+        assert!(Config::load(None, env, &Overrides::default()).is_err());
+    }
+}

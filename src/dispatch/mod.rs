@@ -1,0 +1,251 @@
+//! The dispatcher: one call in, one outcome out, whichever transport the call came by.
+//!
+//! It resolves the endpoint in the [`registry`], sends hub-stored methods to the record store
+//! (reads directly, writes through the sequencer) and answers RUN on an endpoint nobody
+//! provides with `NO_PROVIDER`. Every error gets its `errorid` here and is logged with it, so
+//! the id a client sees is the id in the hub's log. Authentication will sit at the top of
+//! [`Dispatcher::call`], before anything else is looked at.
+
+pub mod registry;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::protocol::params::{expected_version, list_query, normalize};
+use crate::protocol::request::validate_objectid;
+use crate::protocol::{
+    Data, Encoded, ErrorCode, ErrorReply, FlowError, Method, Outcome, Request, Success,
+};
+use crate::store::{Record, Store, StoreError, WriteOp};
+
+pub use registry::{EndpointInfo, Registry};
+
+impl Encoded for Record {
+    fn json(&self) -> &[u8] {
+        &self.json
+    }
+    fn msgpack(&self) -> Bytes {
+        Record::msgpack(self)
+    }
+}
+
+/// Turns calls into outcomes. Cloning is shallow.
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Store,
+    registry: Registry,
+}
+
+/// Gives an error its `errorid` and writes the log line that carries it.
+pub fn log_error(error: FlowError, method: Option<Method>, endpoint: &str) -> ErrorReply {
+    let reply = ErrorReply::new(error);
+    let method = method.map_or("-", Method::as_str);
+    let e = &reply.error;
+    if matches!(e.code, ErrorCode::Internal | ErrorCode::Unavailable) {
+        tracing::error!(errorid = %reply.errorid, errorcode = e.code.as_str(), method, endpoint, "{}", e.message);
+    } else {
+        tracing::info!(errorid = %reply.errorid, errorcode = e.code.as_str(), method, endpoint, "{}", e.message);
+    }
+    reply
+}
+
+impl Dispatcher {
+    pub fn new(store: Store) -> Dispatcher {
+        let registry = Registry::new(store.clone());
+        Dispatcher { store, registry }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs one call to its outcome.
+    pub async fn call(&self, request: Request) -> Outcome {
+        match self.route(&request).await {
+            Ok(s) => Ok(s),
+            Err(e) => Err(log_error(e, Some(request.method), &request.endpoint)),
+        }
+    }
+
+    async fn route(&self, req: &Request) -> Result<Success, FlowError> {
+        req.validate()?;
+        let known = self.registry.get(&req.endpoint);
+        if let (Some(app), Some(info)) = (&req.application, &known) {
+            if *app != info.application {
+                return Err(FlowError::not_found(format!(
+                    "endpoint {} is served by application {}, not {app}",
+                    req.endpoint, info.application
+                )));
+            }
+        }
+        let params = match &req.parameters {
+            Some(p) => normalize(p)?,
+            None => Map::new(),
+        };
+        let ns = req.namespace.as_str();
+        let ep = req.endpoint.as_str();
+        if req.method == Method::Run {
+            return Err(FlowError::new(
+                ErrorCode::NoProvider,
+                format!("no provider serves RUN on {ep}"),
+            ));
+        }
+        if known.is_none() && req.method != Method::Create {
+            return Err(FlowError::not_found(format!(
+                "Endpoint {ep} does not exist"
+            )));
+        }
+        match req.method {
+            Method::List => {
+                let query = list_query(&params)?;
+                let result = self.store.list(ep, ns, &query);
+                Ok(Success {
+                    data: Data::StoredList(
+                        result
+                            .items
+                            .into_iter()
+                            .map(|r| r as Arc<dyn Encoded>)
+                            .collect(),
+                    ),
+                    count: Some(result.count),
+                })
+            }
+            Method::Open => {
+                let id = objectid(req)?;
+                let record = self.store.open(ep, ns, id).ok_or_else(object_missing)?;
+                Ok(stored(record))
+            }
+            Method::Index => match &req.objectid {
+                Some(id) => {
+                    let entry = self
+                        .store
+                        .index_entry(ep, ns, id)
+                        .ok_or_else(object_missing)?;
+                    Ok(Success::value(entry))
+                }
+                None => Ok(Success::value(self.store.catalogue(ep, ns))),
+            },
+            Method::Create => {
+                if let (Some(app), None) = (&req.application, &known) {
+                    let owner = registry::stored_application(ep);
+                    if app != owner {
+                        return Err(FlowError::invalid(format!(
+                            "a new endpoint {ep} belongs to application {owner}, not {app}"
+                        )));
+                    }
+                }
+                let mut data = object_data(req)?;
+                let id = match (req.objectid.as_deref(), data.get("id")) {
+                    (Some(a), Some(Value::String(b))) if a != b => {
+                        return Err(FlowError::invalid(format!(
+                            "objectid {a:?} and data.id {b:?} differ"
+                        )))
+                    }
+                    (Some(a), _) => Some(a.to_string()),
+                    (None, Some(Value::String(b))) => Some(b.clone()),
+                    (None, None | Some(Value::Null)) => None,
+                    (None, Some(_)) => return Err(FlowError::invalid("data.id must be a string")),
+                };
+                if let Some(id) = &id {
+                    validate_objectid(id)?;
+                }
+                data.shift_remove("id");
+                let op = WriteOp::Create {
+                    endpoint: ep.into(),
+                    namespace: ns.into(),
+                    id,
+                    data,
+                };
+                self.write(op).await
+            }
+            Method::Update => {
+                let patch = object_data(req)?;
+                let expected = match expected_version(&params)? {
+                    Some(v) => Some(v),
+                    None => match patch.get("version") {
+                        None | Some(Value::Null) => None,
+                        Some(v) => Some(v.as_u64().ok_or_else(|| {
+                            FlowError::invalid("data.version (the expected version) must be a non-negative integer")
+                        })?),
+                    },
+                };
+                let op = WriteOp::Update {
+                    endpoint: ep.into(),
+                    namespace: ns.into(),
+                    id: objectid(req)?.into(),
+                    patch,
+                    expected,
+                };
+                self.write(op).await
+            }
+            Method::Delete => {
+                let op = WriteOp::Delete {
+                    endpoint: ep.into(),
+                    namespace: ns.into(),
+                    id: objectid(req)?.into(),
+                    expected: expected_version(&params)?,
+                };
+                self.write(op).await
+            }
+            Method::Run => unreachable!("RUN was answered above"),
+        }
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<Success, FlowError> {
+        match self.store.write(op).await {
+            Ok(record) => Ok(stored(record)),
+            Err(StoreError::NotFound(_)) => Err(object_missing()),
+            Err(e @ StoreError::AlreadyExists(_)) => {
+                Err(FlowError::new(ErrorCode::AlreadyExists, e.to_string()))
+            }
+            Err(e @ StoreError::Conflict { .. }) => {
+                Err(FlowError::new(ErrorCode::Conflict, e.to_string()))
+            }
+            Err(e @ StoreError::Unavailable(_)) => {
+                Err(FlowError::new(ErrorCode::Unavailable, e.to_string()))
+            }
+        }
+    }
+}
+
+fn stored(record: Arc<Record>) -> Success {
+    Success {
+        data: Data::Stored(record),
+        count: None,
+    }
+}
+
+fn object_missing() -> FlowError {
+    FlowError::not_found("Object does not exist")
+}
+
+fn objectid(req: &Request) -> Result<&str, FlowError> {
+    req.objectid
+        .as_deref()
+        .ok_or_else(|| FlowError::invalid(format!("{} needs an objectid", req.method)))
+}
+
+fn object_data(req: &Request) -> Result<Map<String, Value>, FlowError> {
+    match &req.data {
+        Some(Value::Object(o)) => Ok(o.clone()),
+        Some(other) => Err(FlowError::invalid(format!(
+            "data of {} must be a JSON object, not {}",
+            req.method,
+            type_name(other)
+        ))),
+        None => Err(FlowError::invalid(format!("{} needs data", req.method))),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

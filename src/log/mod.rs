@@ -1,0 +1,44 @@
+//! The write-ahead log behind a small interface.
+//!
+//! The sequencer hands the log every batch of committed writes, in commit order, before any
+//! of them is applied or acknowledged; when `append` returns an error nothing of the batch is
+//! applied and every caller gets `UNAVAILABLE`. A log knows sequence numbers, names and bytes,
+//! never endpoints' meaning or methods.
+//!
+//! Implementations: [`MemoryOnly`] (the hub keeps state in memory only; nothing survives a
+//! restart). The embedded file log and, later, a replicated log plug in here.
+
+use bytes::Bytes;
+
+/// One committed write as the log stores it: the full new state, or a tombstone.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// Position in the hub's single commit order; strictly increasing.
+    pub seq: u64,
+    pub endpoint: String,
+    pub namespace: String,
+    pub id: String,
+    /// The object's whole new state as JSON; `None` for a delete.
+    pub state: Option<Bytes>,
+}
+
+/// A destination for committed writes.
+pub trait Log: Send + 'static {
+    /// Makes the batch durable (as the log's policy defines it) or fails as a whole.
+    fn append(&mut self, batch: &[LogRecord]) -> std::io::Result<()>;
+    /// Whether the log keeps the records at all: a memory-only hub skips building them.
+    fn keeps_records(&self) -> bool;
+}
+
+/// No persistence: state lives in memory only and is gone after a restart.
+#[derive(Debug, Default)]
+pub struct MemoryOnly;
+
+impl Log for MemoryOnly {
+    fn append(&mut self, _batch: &[LogRecord]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn keeps_records(&self) -> bool {
+        false
+    }
+}

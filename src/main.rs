@@ -1,0 +1,113 @@
+//! The `flowhub` binary: `flowhub serve` runs the hub; the other subcommands are clients.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use flowhub::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "flowhub",
+    version,
+    about = "A real-time record and RPC hub serving the Flow API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Make one call over the WebSocket and print the reply.
+    Call(flowhub::cli::call::CallArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (see docs/CONFIGURATION.md).
+    #[arg(long, env = "FLOWHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [env: FLOWHUB_LISTEN] [default: 127.0.0.1:7340].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory [env: FLOWHUB_DATA_DIR] [default: ./flowhub-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `flowhub=debug` [env: FLOWHUB_LOG].
+    #[arg(long)]
+    log: Option<String>,
+    /// `text` or `json` [env: FLOWHUB_LOG_FORMAT].
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flowhub: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let flags = Overrides {
+                listen: args.listen,
+                data_dir: args.data_dir,
+                log: args.log,
+                log_format: args.log_format,
+            };
+            let config = match Config::load(args.config.as_deref(), std::env::vars(), &flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("flowhub: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(&config);
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(listen = %config.listen, error = %e, "cannot listen");
+                        return ExitCode::from(1);
+                    }
+                };
+                let addr = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                tracing::info!(%addr, "flowhub listening: HTTP /api/, WebSocket /ws, /health");
+                tracing::warn!("records are kept in memory only: they are lost when the hub stops");
+                flowhub::server::run(listener, config, flowhub::server::shutdown_signal()).await;
+                tracing::info!("flowhub stopped");
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Call(args) => {
+            let code = runtime.block_on(flowhub::cli::call::run(args));
+            ExitCode::from(code as u8)
+        }
+    }
+}

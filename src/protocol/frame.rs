@@ -1,0 +1,207 @@
+//! WebSocket frames of protocol v1: decoding bytes into typed frames.
+//!
+//! Text frames carry JSON, binary frames MessagePack; both decode to the same shapes. A frame
+//! that cannot be decoded at all is answered with an error reply without a `requestid`; a frame
+//! that decodes but is wrong is answered with an error reply that carries its `requestid`.
+
+use serde_json::{Map, Value};
+
+use super::error::FlowError;
+use super::request::{Method, Request};
+
+/// The two encodings of the wire, one per WebSocket frame kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// JSON in text frames (and every HTTP body).
+    Json,
+    /// MessagePack in binary frames.
+    MsgPack,
+}
+
+/// A decoded client frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A call: `type` is `"call"` or absent.
+    Call {
+        requestid: Option<Value>,
+        request: Request,
+    },
+}
+
+/// Decodes bytes into a JSON value, refusing nesting deeper than `max_depth`.
+pub fn decode(bytes: &[u8], encoding: Encoding, max_depth: usize) -> Result<Value, FlowError> {
+    let value = match encoding {
+        Encoding::Json => serde_json::from_slice::<Value>(bytes).map_err(|e| {
+            if e.to_string().contains("recursion limit") {
+                depth_error(max_depth)
+            } else {
+                FlowError::invalid(format!("frame is not valid JSON: {e}"))
+            }
+        })?,
+        Encoding::MsgPack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            // +1: the frame itself is one level; the limit applies to what it contains.
+            de.set_max_depth(max_depth + 1);
+            let v: Value = serde::Deserialize::deserialize(&mut de).map_err(|e| {
+                if e.to_string().contains("depth limit") {
+                    depth_error(max_depth)
+                } else {
+                    FlowError::invalid(format!("frame is not valid MessagePack: {e}"))
+                }
+            })?;
+            v
+        }
+    };
+    if depth(&value) > max_depth {
+        return Err(depth_error(max_depth));
+    }
+    Ok(value)
+}
+
+fn depth_error(max_depth: usize) -> FlowError {
+    FlowError::invalid(format!("frame is nested deeper than {max_depth} levels"))
+}
+
+/// Nesting depth of a value: scalars are 0, `{}` and `[]` are 1.
+pub fn depth(value: &Value) -> usize {
+    // Iterative, so that a hostile value cannot overflow the stack here either.
+    let mut max = 0;
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(a) => {
+                max = max.max(d + 1);
+                stack.extend(a.iter().map(|c| (c, d + 1)));
+            }
+            Value::Object(o) => {
+                max = max.max(d + 1);
+                stack.extend(o.values().map(|c| (c, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Reads the `requestid` of a decoded frame, if it has a usable one (a string or a number).
+pub fn requestid_of(value: &Value) -> Option<Value> {
+    match value.get("requestid") {
+        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// Turns a decoded value into a frame. Only the frame's shape is checked here; the dispatcher
+/// validates the call itself. Errors carry no requestid; the caller pairs them with
+/// [`requestid_of`].
+pub fn parse_frame(value: Value) -> Result<Frame, FlowError> {
+    let Value::Object(mut obj) = value else {
+        return Err(FlowError::invalid("a frame must be an object"));
+    };
+    match obj.get("type") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t == "call" => {}
+        Some(Value::String(t)) => {
+            return Err(FlowError::invalid(format!("unknown frame type {t:?}")));
+        }
+        Some(_) => return Err(FlowError::invalid("frame type must be a string")),
+    }
+    let requestid = match obj.remove("requestid") {
+        None | Some(Value::Null) => None,
+        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
+        Some(_) => return Err(FlowError::invalid("requestid must be a string or a number")),
+    };
+    let method = match obj.remove("method") {
+        Some(Value::String(m)) => Method::parse(&m)?,
+        Some(_) => return Err(FlowError::invalid("method must be a string")),
+        None => return Err(FlowError::invalid("method is missing")),
+    };
+    let endpoint = take_string(&mut obj, "endpoint")?
+        .ok_or_else(|| FlowError::invalid("endpoint is missing"))?;
+    let endpoint = endpoint.trim_matches('/').to_string();
+    let request = Request {
+        method,
+        endpoint,
+        application: take_string(&mut obj, "application")?.filter(|s| !s.is_empty()),
+        objectid: take_id(&mut obj, "objectid")?,
+        namespace: take_string(&mut obj, "namespace")?.unwrap_or_default(),
+        parameters: match obj.remove("parameters") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim().is_empty() => None,
+            Some(v) => Some(v),
+        },
+        data: obj.remove("data"),
+        token: take_string(&mut obj, "token")?.filter(|s| !s.is_empty()),
+    };
+    Ok(Frame::Call { requestid, request })
+}
+
+fn take_string(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, FlowError> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(FlowError::invalid(format!("{key} must be a string"))),
+    }
+}
+
+/// Object ids may come as strings or as integers; the empty string means "none", as in the
+/// seed's call template (`"objectid": ""`).
+fn take_id(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, FlowError> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(Some(n.to_string())),
+        Some(_) => Err(FlowError::invalid(format!("{key} must be a string"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_seed_call_with_endpoint_and_requestid_parses() {
+        let v = json!({"requestid": 7, "endpoint": "inventory/device", "method": "OPEN",
+            "objectid": "3a47", "token": "t", "namespace": "", "parameters": ""});
+        let Frame::Call { requestid, request } = parse_frame(v).unwrap();
+        assert_eq!(requestid, Some(json!(7)));
+        assert_eq!(request.method, Method::Open);
+        assert_eq!(request.objectid.as_deref(), Some("3a47"));
+        assert_eq!(request.parameters, None);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_in_both_encodings() {
+        let mut v = json!(1);
+        for _ in 0..40 {
+            v = json!([v]);
+        }
+        let text = serde_json::to_vec(&v).unwrap();
+        assert!(decode(&text, Encoding::Json, 32).is_err());
+        assert!(decode(&text, Encoding::Json, 64).is_ok());
+        let bin = rmp_serde::to_vec(&v).unwrap();
+        assert!(decode(&bin, Encoding::MsgPack, 32).is_err());
+        assert_eq!(decode(&bin, Encoding::MsgPack, 64).unwrap(), v);
+        let deep = "[".repeat(100_000);
+        assert!(decode(deep.as_bytes(), Encoding::Json, 32).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [
+            &b"\xff\xff"[..],
+            b"{",
+            b"",
+            b"\xc1",
+            b"\xdd\xff\xff\xff\xff",
+        ] {
+            let _ = decode(bytes, Encoding::Json, 32);
+            let _ = decode(bytes, Encoding::MsgPack, 32);
+        }
+        assert!(parse_frame(json!([1])).is_err());
+        assert!(parse_frame(json!({"method": 3, "endpoint": "a/b"})).is_err());
+        assert!(parse_frame(json!({"method": "LIST"})).is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! The query language of LIST and (later) live queries: field paths, the condition tree, sort
+//! keys, pagination, and the one total order over JSON values.
+//!
+//! This module is pure: it evaluates conditions and compares values. The protocol parses
+//! parameters into these types; the store plans and runs them against its indexes.
+
+pub mod condition;
+pub mod order;
+pub mod path;
+
+pub use condition::{Group, Item, Logic, Operator};
+pub use order::{cmp_values, values_equal};
+pub use path::Path;
+
+/// One sort key: a field path and a direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey {
+    pub path: Path,
+    pub descending: bool,
+}
+
+/// A page of the result: skip `from` matches, return at most `size` (all when `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Page {
+    pub from: usize,
+    pub size: Option<usize>,
+}
+
+/// A parsed LIST: filter, then sort, then page. `count` in the reply is the number of matches
+/// before paging.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ListQuery {
+    pub condition: Option<Group>,
+    /// Empty: the endpoint's natural order (creation order).
+    pub sort: Vec<SortKey>,
+    pub page: Page,
+}

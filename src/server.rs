@@ -1,0 +1,77 @@
+//! Starting and stopping a hub: build the store and the dispatcher, serve a listener until a
+//! shutdown signal, then drain.
+//!
+//! [`run`] takes the listener and the shutdown future as arguments, so a test binds port 0
+//! and stops the hub when it wants.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::log::MemoryOnly;
+use crate::query::Path;
+use crate::store::{Store, StoreConfig};
+use crate::transport::{self, Hub};
+
+/// Builds the record store the configuration describes.
+pub fn build_store(config: &Config) -> Store {
+    let indexes = config
+        .index
+        .iter()
+        .map(|(endpoint, fields)| {
+            (
+                endpoint.clone(),
+                fields.iter().filter_map(|f| Path::parse(f)).collect(),
+            )
+        })
+        .collect();
+    let store_config = StoreConfig {
+        indexes,
+        auto_index_min: config.auto_index_min,
+    };
+    Store::new(store_config, Box::new(MemoryOnly), 0)
+}
+
+/// Serves `listener` until `shutdown` resolves, then finishes calls in flight (within the
+/// configured grace) and returns.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    let store = build_store(&config);
+    let hub = Hub {
+        dispatcher: Dispatcher::new(store),
+        config: Arc::new(config),
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+    };
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(transport::serve(listener, hub, stop.clone()));
+    shutdown.await;
+    stop.cancel();
+    let _ = serving.await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

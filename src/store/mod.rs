@@ -1,0 +1,322 @@
+//! The record store: objects in memory, per endpoint and namespace, with versions, merge
+//! patch, secondary indexes, the LIST executor and the sequencer that orders every write.
+//!
+//! Reads (`open`, `list`, `index_entry`, `catalogue`) take a collection's read lock and never
+//! wait for the log; writes go through the [`sequencer`], the single owner of commit order.
+//! The store knows nothing of who asked or by which transport.
+//!
+//! Indexes: an endpoint's fields listed in the configuration (`[index]`) are indexed from the
+//! start; a field used with EQUAL, IN, a range or STARTS_WITH in a LIST on a collection of at
+//! least `auto_index_min` objects is indexed automatically from then on (at most
+//! [`MAX_AUTO_INDEXES`] per endpoint).
+
+pub mod collection;
+pub mod index;
+pub mod merge;
+pub mod record;
+pub mod sequencer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+pub use collection::{Collection, ListResult};
+pub use record::Record;
+pub use sequencer::{Change, WriteOp};
+
+use crate::log::Log;
+use crate::query::{Group, ListQuery, Operator, Path};
+
+/// Most automatically created indexes per endpoint.
+pub const MAX_AUTO_INDEXES: usize = 16;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0:?} does not exist")]
+    NotFound(String),
+    #[error("an object with id {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("object is at version {actual}, not the expected {expected}")]
+    Conflict { expected: u64, actual: u64 },
+    #[error("the store cannot accept writes: {0}")]
+    Unavailable(String),
+}
+
+/// Store settings taken from the configuration at start.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Fields indexed from the start, per endpoint.
+    pub indexes: HashMap<String, Vec<Path>>,
+    /// A LIST on a collection this large indexes the fields it filters on.
+    pub auto_index_min: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            indexes: HashMap::new(),
+            auto_index_min: 1000,
+        }
+    }
+}
+
+/// One hub-stored endpoint: its indexed fields and its namespaces.
+#[derive(Debug)]
+pub struct EndpointData {
+    pub name: String,
+    indexed: RwLock<Vec<Path>>,
+    auto_indexes: RwLock<usize>,
+    namespaces: DashMap<String, Arc<RwLock<Collection>>>,
+}
+
+/// The state the sequencer writes and readers read.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    endpoints: DashMap<String, Arc<EndpointData>>,
+    config: StoreConfig,
+}
+
+impl Shared {
+    fn collection(&self, endpoint: &str, namespace: &str) -> Option<Arc<RwLock<Collection>>> {
+        // Clone the Arcs out so that no dashmap guard outlives this call.
+        let ep = self.endpoints.get(endpoint)?.clone();
+        let c = ep.namespaces.get(namespace)?.clone();
+        Some(c)
+    }
+
+    pub(crate) fn open(&self, endpoint: &str, namespace: &str, id: &str) -> Option<Arc<Record>> {
+        self.collection(endpoint, namespace)?
+            .read()
+            .get(id)
+            .cloned()
+    }
+
+    /// Applies one committed change (sequencer thread only).
+    fn apply(&self, change: &Change) {
+        let ep = self
+            .endpoints
+            .entry(change.endpoint.clone())
+            .or_insert_with(|| {
+                Arc::new(EndpointData {
+                    name: change.endpoint.clone(),
+                    indexed: RwLock::new(
+                        self.config
+                            .indexes
+                            .get(&change.endpoint)
+                            .cloned()
+                            .unwrap_or_default(),
+                    ),
+                    auto_indexes: RwLock::new(0),
+                    namespaces: DashMap::new(),
+                })
+            })
+            .clone();
+        let coll = ep
+            .namespaces
+            .entry(change.namespace.clone())
+            .or_insert_with(|| Arc::new(RwLock::new(Collection::new(&ep.indexed.read()))))
+            .clone();
+        let mut coll = coll.write();
+        match &change.new {
+            Some(r) => coll.put(r.clone()),
+            None => {
+                coll.remove(&change.id);
+            }
+        }
+    }
+}
+
+/// The record store. Cloning is shallow: every clone reaches the same state and sequencer.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    writes: mpsc::Sender<sequencer::WriteRequest>,
+}
+
+impl Store {
+    /// A store whose sequencer hands every batch to `log`; sequence numbers start after
+    /// `last_seq`.
+    pub fn new(config: StoreConfig, log: Box<dyn Log>, last_seq: u64) -> Store {
+        let shared = Arc::new(Shared {
+            endpoints: DashMap::new(),
+            config,
+        });
+        let writes = sequencer::spawn(shared.clone(), log, last_seq + 1);
+        Store { shared, writes }
+    }
+
+    /// Whether a hub-stored endpoint of this name exists (in any namespace).
+    pub fn has_endpoint(&self, endpoint: &str) -> bool {
+        self.shared.endpoints.contains_key(endpoint)
+    }
+
+    /// The names of every hub-stored endpoint, sorted.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .shared
+            .endpoints
+            .iter()
+            .map(|e| e.key().clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn open(&self, endpoint: &str, namespace: &str, id: &str) -> Option<Arc<Record>> {
+        self.shared.open(endpoint, namespace, id)
+    }
+
+    /// Runs a LIST; an endpoint that exists but has nothing in this namespace lists empty.
+    pub fn list(&self, endpoint: &str, namespace: &str, query: &ListQuery) -> ListResult {
+        let Some(coll) = self.shared.collection(endpoint, namespace) else {
+            return ListResult {
+                items: Vec::new(),
+                count: 0,
+            };
+        };
+        self.auto_index(endpoint, &coll, query);
+        let result = coll.read().list(query);
+        result
+    }
+
+    /// Indexes the fields a LIST filters on, when the collection is large enough to gain.
+    fn auto_index(&self, endpoint: &str, coll: &Arc<RwLock<Collection>>, query: &ListQuery) {
+        let Some(cond) = &query.condition else { return };
+        let wanted: Vec<Path> = {
+            let c = coll.read();
+            if c.len() < self.shared.config.auto_index_min {
+                return;
+            }
+            let mut paths = Vec::new();
+            indexable_paths(cond, &mut paths);
+            paths.retain(|p| !c.is_indexed(p));
+            paths
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        let Some(ep) = self.shared.endpoints.get(endpoint).map(|e| e.clone()) else {
+            return;
+        };
+        for path in wanted {
+            {
+                let mut auto = ep.auto_indexes.write();
+                let mut indexed = ep.indexed.write();
+                if !indexed.contains(&path) {
+                    if *auto >= MAX_AUTO_INDEXES {
+                        continue;
+                    }
+                    *auto += 1;
+                    indexed.push(path.clone());
+                    tracing::info!(endpoint, field = %path, "indexing a field that LIST filters on");
+                }
+            }
+            let colls: Vec<Arc<RwLock<Collection>>> =
+                ep.namespaces.iter().map(|c| c.value().clone()).collect();
+            for c in colls {
+                c.write().add_index(path.clone());
+            }
+        }
+    }
+
+    /// INDEX with an object id: the object's search entry.
+    pub fn index_entry(&self, endpoint: &str, namespace: &str, id: &str) -> Option<Value> {
+        let coll = self.shared.collection(endpoint, namespace)?;
+        let c = coll.read();
+        let r = c.get(id)?;
+        let mut terms = Map::new();
+        for p in c.indexed_paths() {
+            if let Some(v) = p.get(&r.fields) {
+                terms.insert(p.to_string(), v.clone());
+            }
+        }
+        Some(json!({
+            "id": &*r.id,
+            "_name": r.display_name(),
+            "version": r.version,
+            "updated": r.updated(),
+            "terms": terms,
+        }))
+    }
+
+    /// INDEX without an object id: the endpoint's catalogue in this namespace.
+    pub fn catalogue(&self, endpoint: &str, namespace: &str) -> Value {
+        let coll = self.shared.collection(endpoint, namespace);
+        let empty = RwLock::new(Collection::default());
+        let guard = match &coll {
+            Some(c) => c.read(),
+            None => empty.read(),
+        };
+        let fields: Vec<Value> = guard
+            .stats()
+            .iter()
+            .map(|(path, t)| {
+                let parsed = Path::parse(path);
+                let index = parsed.as_ref().and_then(|p| guard.index(p));
+                let mut types = Map::new();
+                for (name, n) in [
+                    ("null", t.null),
+                    ("boolean", t.boolean),
+                    ("number", t.number),
+                    ("string", t.string),
+                    ("array", t.array),
+                    ("object", t.object),
+                ] {
+                    if n > 0 {
+                        types.insert(name.into(), n.into());
+                    }
+                }
+                json!({
+                    "field": path,
+                    "count": t.total(),
+                    "types": types,
+                    "indexed": index.is_some(),
+                    "distinct": index.map(|i| i.distinct()),
+                })
+            })
+            .collect();
+        json!({
+            "endpoint": endpoint,
+            "namespace": namespace,
+            "count": guard.len(),
+            "fields": fields,
+        })
+    }
+
+    /// Sends a write to the sequencer and waits for its commit.
+    pub async fn write(&self, op: WriteOp) -> Result<Arc<Record>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writes
+            .send(sequencer::WriteRequest { op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the sequencer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the sequencer has stopped".into()))?
+    }
+}
+
+fn indexable_paths(g: &Group, out: &mut Vec<Path>) {
+    for item in &g.items {
+        let narrows = matches!(
+            item.op,
+            Operator::Equal
+                | Operator::In
+                | Operator::Greater
+                | Operator::GreaterOrEqual
+                | Operator::Less
+                | Operator::LessOrEqual
+                | Operator::StartsWith
+        );
+        if narrows && !out.contains(&item.path) {
+            out.push(item.path.clone());
+        }
+    }
+    for sub in &g.subgroups {
+        indexable_paths(sub, out);
+    }
+}

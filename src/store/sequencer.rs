@@ -1,0 +1,306 @@
+//! The sequencer: the one owner of write order.
+//!
+//! Every CREATE, UPDATE and DELETE goes through one bounded queue to one thread. It drains
+//! whatever is pending into a batch, checks each write against the current state (plus the
+//! batch's own earlier writes), gives each a sequence number, hands the batch to the log, and
+//! only when the log has accepted it applies the batch to memory and answers the callers. So
+//! log order = apply order = the order in which changes will be published, and a write the log
+//! refused is neither applied nor acknowledged.
+//!
+//! The queue is bounded ([`WRITE_QUEUE`]); when it is full, callers wait for room.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::merge::merge_patch;
+use super::record::Record;
+use super::{Shared, StoreError};
+use crate::log::{Log, LogRecord};
+
+/// Writes that may wait for the sequencer before callers are held back.
+pub const WRITE_QUEUE: usize = 4096;
+/// Most writes in one batch (one log append).
+const MAX_BATCH: usize = 1024;
+
+/// Fields the hub manages; a caller's values for them are ignored.
+pub const MANAGED: [&str; 4] = ["id", "created", "updated", "version"];
+
+/// A write as the dispatcher asks for it.
+#[derive(Debug)]
+pub enum WriteOp {
+    Create {
+        endpoint: String,
+        namespace: String,
+        id: Option<String>,
+        data: Map<String, Value>,
+    },
+    Update {
+        endpoint: String,
+        namespace: String,
+        id: String,
+        patch: Map<String, Value>,
+        expected: Option<u64>,
+    },
+    Delete {
+        endpoint: String,
+        namespace: String,
+        id: String,
+        expected: Option<u64>,
+    },
+}
+
+impl WriteOp {
+    fn target(&self) -> (&str, &str) {
+        match self {
+            WriteOp::Create {
+                endpoint,
+                namespace,
+                ..
+            }
+            | WriteOp::Update {
+                endpoint,
+                namespace,
+                ..
+            }
+            | WriteOp::Delete {
+                endpoint,
+                namespace,
+                ..
+            } => (endpoint, namespace),
+        }
+    }
+}
+
+/// One committed write: what the object was and what it is now.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub seq: u64,
+    pub endpoint: String,
+    pub namespace: String,
+    pub id: Arc<str>,
+    pub old: Option<Arc<Record>>,
+    /// `None`: the object was deleted.
+    pub new: Option<Arc<Record>>,
+}
+
+pub(super) struct WriteRequest {
+    pub op: WriteOp,
+    pub reply: oneshot::Sender<Result<Arc<Record>, StoreError>>,
+}
+
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    log: Box<dyn Log>,
+    next_seq: u64,
+) -> mpsc::Sender<WriteRequest> {
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    std::thread::Builder::new()
+        .name("flowhub-sequencer".into())
+        .spawn(move || run(shared, rx, log, next_seq))
+        .expect("the sequencer thread must start");
+    tx
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+type Key = (String, String, Arc<str>);
+
+fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    mut log: Box<dyn Log>,
+    mut next_seq: u64,
+) {
+    let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let batch_start = next_seq;
+        let mut overlay: HashMap<Key, Option<Arc<Record>>> = HashMap::new();
+        let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
+        let mut outcomes: Vec<Result<usize, StoreError>> = Vec::with_capacity(batch.len());
+        let stamp = now();
+        for w in &batch {
+            match prepare(&shared, &mut overlay, &w.op, next_seq, &stamp) {
+                Ok(change) => {
+                    next_seq += 1;
+                    overlay.insert(
+                        (
+                            change.endpoint.clone(),
+                            change.namespace.clone(),
+                            change.id.clone(),
+                        ),
+                        change.new.clone(),
+                    );
+                    outcomes.push(Ok(changes.len()));
+                    changes.push(change);
+                }
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        let records: Vec<LogRecord> = if log.keeps_records() {
+            changes
+                .iter()
+                .map(|c| LogRecord {
+                    seq: c.seq,
+                    endpoint: c.endpoint.clone(),
+                    namespace: c.namespace.clone(),
+                    id: c.id.to_string(),
+                    state: c.new.as_ref().map(|r| r.json.clone()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let logged = if changes.is_empty() {
+            Ok(())
+        } else {
+            log.append(&records)
+        };
+        match logged {
+            Ok(()) => {
+                for c in &changes {
+                    shared.apply(c);
+                }
+                for (w, outcome) in batch.drain(..).zip(outcomes) {
+                    let reply = outcome.map(|i| {
+                        let c = &changes[i];
+                        // A delete answers with the object's last version.
+                        c.new
+                            .clone()
+                            .or_else(|| c.old.clone())
+                            .expect("a change has a state")
+                    });
+                    let _ = w.reply.send(reply);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = changes.len(), "log append failed; the batch is not applied");
+                next_seq = batch_start;
+                for (w, outcome) in batch.drain(..).zip(outcomes) {
+                    let reply = outcome.and(Err(StoreError::Unavailable(e.to_string())));
+                    let _ = w.reply.send(reply);
+                }
+            }
+        }
+    }
+}
+
+fn current(
+    shared: &Shared,
+    overlay: &HashMap<Key, Option<Arc<Record>>>,
+    endpoint: &str,
+    namespace: &str,
+    id: &str,
+) -> Option<Arc<Record>> {
+    let key = (
+        endpoint.to_string(),
+        namespace.to_string(),
+        Arc::<str>::from(id),
+    );
+    match overlay.get(&key) {
+        Some(state) => state.clone(),
+        None => shared.open(endpoint, namespace, id),
+    }
+}
+
+fn prepare(
+    shared: &Shared,
+    overlay: &mut HashMap<Key, Option<Arc<Record>>>,
+    op: &WriteOp,
+    seq: u64,
+    stamp: &str,
+) -> Result<Change, StoreError> {
+    let (endpoint, namespace) = op.target();
+    match op {
+        WriteOp::Create { id, data, .. } => {
+            let id: Arc<str> = match id {
+                Some(id) => id.as_str().into(),
+                None => uuid::Uuid::new_v4().to_string().into(),
+            };
+            if current(shared, overlay, endpoint, namespace, &id).is_some() {
+                return Err(StoreError::AlreadyExists(id.to_string()));
+            }
+            let mut fields = Map::with_capacity(data.len() + 4);
+            fields.insert("id".into(), Value::String(id.to_string()));
+            fields.insert("created".into(), Value::String(stamp.to_string()));
+            fields.insert("updated".into(), Value::String(stamp.to_string()));
+            fields.insert("version".into(), Value::from(seq));
+            for (k, v) in data {
+                if !MANAGED.contains(&k.as_str()) {
+                    fields.insert(k.clone(), v.clone());
+                }
+            }
+            let record = Arc::new(Record::new(id.clone(), seq, seq, fields));
+            Ok(Change {
+                seq,
+                endpoint: endpoint.into(),
+                namespace: namespace.into(),
+                id,
+                old: None,
+                new: Some(record),
+            })
+        }
+        WriteOp::Update {
+            id,
+            patch,
+            expected,
+            ..
+        } => {
+            let old = current(shared, overlay, endpoint, namespace, id)
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            check_version(&old, *expected)?;
+            let mut fields = old.fields.clone();
+            let mut patch = patch.clone();
+            for m in MANAGED {
+                patch.shift_remove(m);
+            }
+            merge_patch(&mut fields, &patch);
+            fields.insert("updated".into(), Value::String(stamp.to_string()));
+            fields.insert("version".into(), Value::from(seq));
+            let record = Arc::new(Record::new(old.id.clone(), old.created_seq, seq, fields));
+            Ok(Change {
+                seq,
+                endpoint: endpoint.into(),
+                namespace: namespace.into(),
+                id: old.id.clone(),
+                old: Some(old),
+                new: Some(record),
+            })
+        }
+        WriteOp::Delete { id, expected, .. } => {
+            let old = current(shared, overlay, endpoint, namespace, id)
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            check_version(&old, *expected)?;
+            Ok(Change {
+                seq,
+                endpoint: endpoint.into(),
+                namespace: namespace.into(),
+                id: old.id.clone(),
+                old: Some(old),
+                new: None,
+            })
+        }
+    }
+}
+
+fn check_version(old: &Record, expected: Option<u64>) -> Result<(), StoreError> {
+    match expected {
+        Some(v) if v != old.version => Err(StoreError::Conflict {
+            expected: v,
+            actual: old.version,
+        }),
+        _ => Ok(()),
+    }
+}

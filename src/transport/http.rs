@@ -1,0 +1,315 @@
+//! The HTTP bridge: `/api/<application>/<endpoint>/<objectid>` to a [`Request`] and the
+//! outcome back to the same envelope, with the HTTP status of the error's class.
+//!
+//! Call fields come from headers (`Flow-Auth-Token`, `Flow-Request-ObjectId`,
+//! `Flow-Request-Namespace`, `Flow-Request-Method`, `Flow-Request-Parameters`,
+//! `Flow-Request-Parameter`) or their query-string twins (`token`, `objectid`, `namespace`,
+//! `method`, `parameters`, `parameter`); a header wins over the query string. Header values
+//! wrapped in double quotes (as the seed writes them) are unwrapped. The body is the data.
+//!
+//! Path resolution (`protocol/SPEC.md`, "HTTP bridge"): a trailing `/` means the path names
+//! the endpoint only; without one, if an object id came in a header or the query string, the
+//! whole path is the endpoint; else, if the whole path names a known endpoint, it is that
+//! endpoint; else the last segment is the object id.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::{Method as HttpMethod, Request as HttpRequest, Response, StatusCode};
+use serde_json::Value;
+
+use super::Hub;
+use crate::dispatch::log_error;
+use crate::protocol::frame::decode;
+use crate::protocol::params::normalize;
+use crate::protocol::{encode, Encoding, FlowError, Framing, Method, Outcome, Request};
+
+const MSGPACK: &str = "application/msgpack";
+
+/// A response with a JSON (or other) body.
+pub fn json_response(status: u16, body: Bytes) -> Response<Full<Bytes>> {
+    response(status, body, "application/json")
+}
+
+fn response(status: u16, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The envelope of an error raised before dispatch, logged with its errorid.
+pub fn error_response(
+    error: FlowError,
+    endpoint: &str,
+    encoding: Encoding,
+) -> Response<Full<Bytes>> {
+    let outcome: Outcome = Err(log_error(error, None, endpoint));
+    outcome_response(&outcome, encoding)
+}
+
+/// `404` for paths outside `/api`, `/ws` and the operational endpoints.
+pub fn not_found(path: &str) -> Response<Full<Bytes>> {
+    error_response(
+        FlowError::not_found(format!("no such path {path:?}; the API is under /api/")),
+        path,
+        Encoding::Json,
+    )
+}
+
+fn outcome_response(outcome: &Outcome, encoding: Encoding) -> Response<Full<Bytes>> {
+    let status = match outcome {
+        Ok(_) => 200,
+        Err(e) => e.code().http_status(),
+    };
+    let body = encode(outcome, Framing::Http, encoding);
+    match encoding {
+        Encoding::Json => json_response(status, body),
+        Encoding::MsgPack => response(status, body, MSGPACK),
+    }
+}
+
+/// One HTTP call.
+pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes>> {
+    let reply_encoding = if accepts_msgpack(req.headers()) {
+        Encoding::MsgPack
+    } else {
+        Encoding::Json
+    };
+    let raw_path = req.uri().path().to_string();
+    let query = parse_query(req.uri().query());
+    let segments = match split_path(&raw_path) {
+        Ok(s) => s,
+        Err(e) => return error_response(e, &raw_path, reply_encoding),
+    };
+    // The OpenAPI descriptions: all in one, or one application's.
+    if req.method() == HttpMethod::GET
+        && field(req.headers(), &query, "Flow-Request-Method", "method").is_none()
+    {
+        match segments.as_slice() {
+            [doc] if doc == "openapi.json" => {
+                let doc = super::openapi::document(&hub.dispatcher.registry().all(), None);
+                return json_response(200, Bytes::from(doc.to_string()));
+            }
+            [app, doc] if doc == "openapi.json" => {
+                let doc = super::openapi::document(&hub.dispatcher.registry().all(), Some(app));
+                return json_response(200, Bytes::from(doc.to_string()));
+            }
+            _ => {}
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let request = match build_request(
+        &hub,
+        &parts.method,
+        &parts.headers,
+        &query,
+        &raw_path,
+        segments,
+    ) {
+        Ok(r) => r,
+        Err(e) => return error_response(e, &raw_path, reply_encoding),
+    };
+    let body = match Limited::new(body, hub.config.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let err = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                FlowError::too_large(format!(
+                    "request body is larger than {} bytes",
+                    hub.config.max_body_bytes
+                ))
+            } else {
+                FlowError::invalid(format!("request body could not be read: {e}"))
+            };
+            return error_response(err, &request.endpoint, reply_encoding);
+        }
+    };
+    let mut request = request;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let encoding = if content_type_is(&parts.headers, MSGPACK) {
+            Encoding::MsgPack
+        } else {
+            Encoding::Json
+        };
+        match decode(&body, encoding, hub.config.max_depth) {
+            Ok(v) => request.data = Some(v),
+            Err(e) => {
+                let e = FlowError::invalid(e.message.replacen("frame", "body", 1));
+                return error_response(e, &request.endpoint, reply_encoding);
+            }
+        }
+    }
+    let outcome = hub.dispatcher.call(request).await;
+    outcome_response(&outcome, reply_encoding)
+}
+
+fn accepts_msgpack(headers: &HeaderMap) -> bool {
+    headers
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(MSGPACK) || v.contains("application/x-msgpack"))
+}
+
+fn content_type_is(headers: &HeaderMap, mime: &str) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(mime) || v.contains("application/x-msgpack"))
+}
+
+/// The percent-decoded segments after `/api/`; the last is empty when the path ends in `/`.
+fn split_path(path: &str) -> Result<Vec<String>, FlowError> {
+    let rest = path.strip_prefix("/api/").unwrap_or("");
+    let mut out = Vec::new();
+    for seg in rest.split('/') {
+        let s = percent_encoding::percent_decode_str(seg)
+            .decode_utf8()
+            .map_err(|_| {
+                FlowError::invalid("the path is not valid UTF-8 after percent-decoding")
+            })?;
+        out.push(s.into_owned());
+    }
+    Ok(out)
+}
+
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A header value without the double quotes the seed puts around some of them.
+fn unquote(s: &str) -> &str {
+    let t = s.trim();
+    if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') {
+        &t[1..t.len() - 1]
+    } else {
+        t
+    }
+}
+
+/// Every value of a header (all occurrences) and then of its query-string twin.
+fn values(
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    header: &str,
+    key: &str,
+) -> Result<Vec<String>, FlowError> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header) {
+        let s = v
+            .to_str()
+            .map_err(|_| FlowError::invalid(format!("header {header} is not valid text")))?;
+        out.push(unquote(s).to_string());
+    }
+    out.extend(
+        query
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone()),
+    );
+    Ok(out)
+}
+
+/// The first value of a field: the header if present, else the query string.
+fn field(
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    header: &str,
+    key: &str,
+) -> Option<String> {
+    values(headers, query, header, key)
+        .ok()?
+        .into_iter()
+        .next()
+        .filter(|s| !s.is_empty())
+}
+
+fn build_request(
+    hub: &Hub,
+    verb: &HttpMethod,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    raw_path: &str,
+    mut segments: Vec<String>,
+) -> Result<Request, FlowError> {
+    let objectid_field = field(headers, query, "Flow-Request-ObjectId", "objectid");
+    let method_field = field(headers, query, "Flow-Request-Method", "method");
+    if segments.first().is_none_or(String::is_empty) {
+        return Err(FlowError::not_found(
+            "the path names no application: call /api/<application>/<endpoint>/<objectid>",
+        ));
+    }
+    let application = segments.remove(0);
+    let trailing_slash = raw_path.ends_with('/');
+    if trailing_slash {
+        segments.pop();
+    }
+    if segments.is_empty() || segments.iter().any(String::is_empty) {
+        return Err(FlowError::not_found(format!(
+            "the path names no endpoint after application {application:?}: call /api/<application>/<endpoint>/"
+        )));
+    }
+    let whole = segments.join("/");
+    let (endpoint, path_objectid) =
+        if trailing_slash || objectid_field.is_some() || hub.dispatcher.registry().contains(&whole)
+        {
+            (whole, None)
+        } else {
+            let id = segments.pop();
+            if segments.is_empty() {
+                // `/api/app/x`: one segment that is no known endpoint is the endpoint, not an id.
+                (whole, None)
+            } else {
+                (segments.join("/"), id)
+            }
+        };
+    let objectid = objectid_field.or(path_objectid);
+    let method = match method_field {
+        Some(m) => Method::parse(&m)?,
+        None => match *verb {
+            HttpMethod::GET if objectid.is_some() => Method::Open,
+            HttpMethod::GET => Method::List,
+            HttpMethod::POST if objectid.is_some() => Method::Update,
+            HttpMethod::POST => Method::Create,
+            HttpMethod::PUT | HttpMethod::PATCH => Method::Update,
+            HttpMethod::DELETE => Method::Delete,
+            _ => {
+                return Err(FlowError::invalid(format!(
+                    "HTTP {verb} is not supported: use GET, POST, PUT, PATCH or DELETE"
+                )))
+            }
+        },
+    };
+    let mut params = serde_json::Map::new();
+    for (header, key) in [
+        ("Flow-Request-Parameters", "parameters"),
+        ("Flow-Request-Parameter", "parameter"),
+    ] {
+        for raw in values(headers, query, header, key)? {
+            params.extend(normalize(&Value::String(raw))?);
+        }
+    }
+    Ok(Request {
+        method,
+        endpoint,
+        application: Some(application),
+        objectid,
+        namespace: field(headers, query, "Flow-Request-Namespace", "namespace").unwrap_or_default(),
+        parameters: (!params.is_empty()).then_some(Value::Object(params)),
+        data: None,
+        token: field(headers, query, "Flow-Auth-Token", "token"),
+    })
+}

@@ -1,0 +1,123 @@
+//! The listener: one TCP port serving the HTTP bridge (`/api/...`), the WebSocket upgrade
+//! (`/ws`) and the operational endpoints (`/health`).
+//!
+//! Each accepted connection gets its own task; the HTTP parse and the WebSocket handshake run
+//! there, under a timeout, so a slow client never stalls the accept loop. A semaphore bounds
+//! the connections held at once. The transport decodes and encodes; what a call means is the
+//! dispatcher's business.
+
+pub mod http;
+pub mod openapi;
+pub mod ws;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+
+/// What every connection task shares. Cloning is shallow.
+#[derive(Clone)]
+pub struct Hub {
+    pub dispatcher: Dispatcher,
+    pub config: Arc<Config>,
+    /// Cancelled when the hub begins to shut down: sessions stop taking new calls.
+    pub shutdown: CancellationToken,
+    /// Tracks upgraded WebSocket sessions, which hyper no longer tracks.
+    pub sessions: TaskTracker,
+}
+
+/// Accepts connections until `stop` is cancelled, then waits (at most the configured grace)
+/// for calls in flight to finish.
+pub async fn serve(listener: TcpListener, hub: Hub, stop: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(hub.config.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let hub2 = hub.clone();
+        let service = hyper::service::service_fn(move |req| route(req, hub2.clone()));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(hub.config.handshake_timeout_ms))
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stopping = hub.shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopping.cancelled() => {
+                    // Finish the request in flight, then close; upgraded sockets are gone
+                    // from hyper already and drain in their own sessions.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; finishing calls in flight");
+    hub.shutdown.cancel();
+    hub.sessions.close();
+    connections.close();
+    let grace = Duration::from_millis(hub.config.shutdown_grace_ms);
+    let finished = tokio::time::timeout(grace, async {
+        connections.wait().await;
+        hub.sessions.wait().await;
+    })
+    .await;
+    match finished {
+        Ok(()) => tracing::info!("all connections finished"),
+        Err(_) => tracing::warn!(
+            grace_ms = hub.config.shutdown_grace_ms,
+            "shutdown grace ran out; closing the rest"
+        ),
+    }
+}
+
+async fn route(req: Request<Incoming>, hub: Hub) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    Ok(if path == "/ws" || path == "/ws/" {
+        ws::upgrade(req, hub)
+    } else if path == "/health" {
+        http::json_response(200, Bytes::from_static(b"{\"status\":\"ok\"}"))
+    } else if path.starts_with("/api/") || path == "/api" {
+        http::handle(req, hub).await
+    } else {
+        http::not_found(path)
+    })
+}
