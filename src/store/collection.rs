@@ -2,12 +2,12 @@
 //! indexes and the field statistics that INDEX reports, and the LIST executor over them.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::index::FieldIndex;
+use super::index::{Candidates, FieldIndex};
 use super::record::Record;
 use crate::query::{cmp_values, Group, ListQuery, Logic, Path, SortKey};
 
@@ -97,7 +97,7 @@ impl Collection {
         }
         let mut idx = FieldIndex::new(path);
         for r in self.by_seq.values() {
-            idx.insert(r.created_seq, &r.fields);
+            idx.insert(r);
         }
         self.indexes.push(idx);
     }
@@ -106,7 +106,7 @@ impl Collection {
     pub fn put(&mut self, record: Arc<Record>) {
         self.remove(&record.id);
         for idx in &mut self.indexes {
-            idx.insert(record.created_seq, &record.fields);
+            idx.insert(&record);
         }
         count_fields(&mut self.stats, &record.fields, "", 0, 1);
         self.by_seq.insert(record.created_seq, record.clone());
@@ -118,7 +118,7 @@ impl Collection {
         let old = self.by_id.remove(id)?;
         self.by_seq.remove(&old.created_seq);
         for idx in &mut self.indexes {
-            idx.remove(old.created_seq, &old.fields);
+            idx.remove(&old);
         }
         count_fields(&mut self.stats, &old.fields, "", 0, -1);
         Some(old)
@@ -132,56 +132,84 @@ impl Collection {
     /// Runs a LIST: candidates from the indexes, the full condition on each, sort, page.
     pub fn list(&self, query: &ListQuery) -> ListResult {
         let condition = query.condition.as_ref().filter(|g| !g.is_trivial());
-        let mut matches: Vec<&Arc<Record>> = match condition.and_then(|g| self.candidates(g)) {
-            Some(seqs) => seqs
-                .iter()
-                .filter_map(|s| self.by_seq.get(s))
-                .filter(|r| condition.is_none_or(|g| g.matches(&r.fields)))
-                .collect(),
-            None if condition.is_none() && query.sort.is_empty() => {
-                // Natural order, nothing to test: take the page straight from the ordered map.
-                let count = self.by_seq.len() as u64;
-                let size = query.page.size.unwrap_or(usize::MAX);
-                let items = self
-                    .by_seq
-                    .values()
-                    .skip(query.page.from)
-                    .take(size)
-                    .cloned()
-                    .collect();
-                return ListResult { items, count };
+        let test = |r: &&Arc<Record>| condition.is_none_or(|g| g.matches(&r.fields));
+        let matches: Vec<&Arc<Record>> = match condition.and_then(|g| self.candidates(g)) {
+            // An exact lookup for the only constraint needs no second test.
+            Some(c) if c.exact => c.set.into_values().collect(),
+            Some(c) => c.set.into_values().filter(test).collect(),
+            None if condition.is_none() => {
+                if query.sort.is_empty() {
+                    // Natural order, nothing to test: the page straight from the ordered map.
+                    let (from, end) = page_bounds(query, self.by_seq.len());
+                    let items = self
+                        .by_seq
+                        .values()
+                        .skip(from)
+                        .take(end - from)
+                        .cloned()
+                        .collect();
+                    return ListResult {
+                        items,
+                        count: self.by_seq.len() as u64,
+                    };
+                }
+                if let Some(result) = self.list_by_index(query) {
+                    return result;
+                }
+                self.by_seq.values().collect()
             }
-            None => self
-                .by_seq
-                .values()
-                .filter(|r| condition.is_none_or(|g| g.matches(&r.fields)))
-                .collect(),
+            None => self.by_seq.values().filter(test).collect(),
         };
         let count = matches.len() as u64;
-        let from = query.page.from.min(matches.len());
-        let end = match query.page.size {
-            Some(size) => from.saturating_add(size).min(matches.len()),
-            None => matches.len(),
-        };
-        if !query.sort.is_empty() && from < end {
-            let cmp = |a: &&Arc<Record>, b: &&Arc<Record>| compare(&query.sort, a, b);
-            if end < matches.len() {
-                // Only the first `end` matter: partition around them, then sort those.
-                matches.select_nth_unstable_by(end - 1, cmp);
-                matches.truncate(end);
-            }
-            matches.sort_unstable_by(cmp);
-        }
-        let items = if from < end {
+        let (from, end) = page_bounds(query, matches.len());
+        let items = if from >= end {
+            Vec::new()
+        } else if query.sort.is_empty() {
             matches[from..end].iter().map(|r| (*r).clone()).collect()
         } else {
-            Vec::new()
+            sorted_page(&matches, &query.sort, from, end)
         };
         ListResult { items, count }
     }
 
-    /// The candidate set of a group from the indexes, or `None` when it needs a scan.
-    fn candidates(&self, group: &Group) -> Option<BTreeSet<u64>> {
+    /// An unfiltered sorted LIST read in order from the first sort key's index: only the
+    /// groups up to the page's end are visited. `None` when that key has no usable index.
+    fn list_by_index(&self, query: &ListQuery) -> Option<ListResult> {
+        let first = query.sort.first()?;
+        let groups = self.index(&first.path)?.ordered_groups(first.descending)?;
+        let rest = &query.sort[1..];
+        let total = self.by_seq.len();
+        let (from, end) = page_bounds(query, total);
+        let mut items = Vec::with_capacity(end - from);
+        let mut pos = 0;
+        for set in groups {
+            if pos >= end {
+                break;
+            }
+            let group_end = pos + set.len();
+            if group_end > from {
+                let members: Vec<&Arc<Record>> = set.values().collect();
+                let lo = from.saturating_sub(pos);
+                let hi = (end - pos).min(members.len());
+                if rest.is_empty() {
+                    items.extend(members[lo..hi].iter().map(|r| (*r).clone()));
+                } else {
+                    items.extend(sorted_page(&members, rest, lo, hi));
+                }
+            }
+            pos = group_end;
+        }
+        Some(ListResult {
+            items,
+            count: total as u64,
+        })
+    }
+
+    /// The candidate set of a group from the indexes, or `None` when it needs a scan. The set
+    /// is exact when it holds precisely the objects that satisfy the group.
+    fn candidates(&self, group: &Group) -> Option<Candidates<'_>> {
+        let constraints =
+            group.items.len() + group.subgroups.iter().filter(|g| !g.is_trivial()).count();
         let parts = group
             .items
             .iter()
@@ -194,13 +222,22 @@ impl Collection {
                     .map(|g| self.candidates(g)),
             );
         match group.logic {
-            // Any narrowed part bounds an AND: take the smallest.
-            Logic::And => parts.flatten().min_by_key(BTreeSet::len),
-            // An OR is bounded only when every part is.
+            // Any narrowed part bounds an AND: take the smallest. It is exact only when it is
+            // the group's one constraint.
+            Logic::And => parts.flatten().min_by_key(|c| c.set.len()).map(|mut c| {
+                c.exact &= constraints == 1;
+                c
+            }),
+            // An OR is bounded only when every part is, and exact when every part is.
             Logic::Or => {
-                let mut all = BTreeSet::new();
+                let mut all = Candidates {
+                    set: BTreeMap::new(),
+                    exact: true,
+                };
                 for p in parts {
-                    all.extend(p?);
+                    let p = p?;
+                    all.exact &= p.exact;
+                    all.set.extend(p.set);
                 }
                 Some(all)
             }
@@ -208,16 +245,51 @@ impl Collection {
     }
 }
 
-/// The sort order of LIST: the keys in turn, then creation order so that pages are stable.
-fn compare(keys: &[SortKey], a: &Record, b: &Record) -> Ordering {
-    for k in keys {
-        let o = cmp_values(k.path.get(&a.fields), k.path.get(&b.fields));
-        let o = if k.descending { o.reverse() } else { o };
-        if o != Ordering::Equal {
-            return o;
-        }
+/// The first and one-past-last positions of the page among `len` matches.
+fn page_bounds(query: &ListQuery, len: usize) -> (usize, usize) {
+    let from = query.page.from.min(len);
+    let end = match query.page.size {
+        Some(size) => from.saturating_add(size).min(len),
+        None => len,
+    };
+    (from, end)
+}
+
+/// Positions `from..end` of `matches` in the sort order of LIST: the keys in turn, then
+/// creation order, so that pages never overlap or skip. Each key is looked up once per
+/// object, and only the first `end` objects are fully sorted.
+fn sorted_page(
+    matches: &[&Arc<Record>],
+    keys: &[SortKey],
+    from: usize,
+    end: usize,
+) -> Vec<Arc<Record>> {
+    let k = keys.len();
+    let mut values: Vec<Option<&Value>> = Vec::with_capacity(matches.len() * k);
+    let mut order: Vec<(u64, usize)> = Vec::with_capacity(matches.len());
+    for (i, r) in matches.iter().enumerate() {
+        values.extend(keys.iter().map(|key| key.path.get(&r.fields)));
+        order.push((r.created_seq, i));
     }
-    a.created_seq.cmp(&b.created_seq)
+    let cmp = |a: &(u64, usize), b: &(u64, usize)| {
+        for (j, key) in keys.iter().enumerate() {
+            let o = cmp_values(values[a.1 * k + j], values[b.1 * k + j]);
+            let o = if key.descending { o.reverse() } else { o };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        a.0.cmp(&b.0)
+    };
+    if end < order.len() {
+        order.select_nth_unstable_by(end - 1, cmp);
+        order.truncate(end);
+    }
+    order.sort_unstable_by(cmp);
+    order[from..end]
+        .iter()
+        .map(|&(_, i)| matches[i].clone())
+        .collect()
 }
 
 fn count_fields(
@@ -282,6 +354,12 @@ mod tests {
     fn indexed_and_scanned_lists_agree() {
         let objs: Vec<Value> = (0..200)
             .map(|i| json!({"city": (["Envik", "Götefred", "Åby"][i % 3]), "n": (i * 37) % 50, "tag": i % 7}))
+            .map(|mut o: Value| {
+                if o["tag"] == 4 {
+                    o.as_object_mut().unwrap().remove("n");
+                }
+                o
+            })
             .collect();
         let plain = coll(&[], &objs);
         let indexed = coll(&["city", "n"], &objs);
@@ -294,6 +372,9 @@ mod tests {
                 "items": [{"key": "tag", "operator": "NOT_EQUAL", "value": 3}]}}),
             json!({"pagination.size": 7, "pagination.from": 190}),
             json!({"sorting.by": "n", "sorting.order": "DESC", "pagination.size": 10, "pagination.from": 195}),
+            json!({"sorting.by": "n", "pagination.size": 40, "pagination.from": 0}),
+            json!({"sorting.by": ["n", "tag"], "sorting.order": ["DESC", "DESC"], "pagination.size": 13, "pagination.from": 40}),
+            json!({"sorting.by": ["city", "n"], "pagination.size": 30, "pagination.from": 60}),
         ];
         for q in queries {
             assert_eq!(ids(&plain, q.clone()), ids(&indexed, q.clone()), "{q}");
@@ -305,6 +386,14 @@ mod tests {
         );
         assert_eq!(count, 67);
         assert_eq!(page.len(), 67);
+        // Objects without the sort field come first in ascending order, last in descending.
+        let (asc, _) = ids(&indexed, json!({"sorting.by": "n", "pagination.size": 1}));
+        let (desc, _) = ids(
+            &indexed,
+            json!({"sorting.by": "n", "sorting.order": "DESC"}),
+        );
+        assert_eq!(asc[0], "o4");
+        assert_eq!(desc.last().unwrap(), "o193");
     }
 
     #[test]

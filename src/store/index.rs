@@ -2,17 +2,21 @@
 //!
 //! Keys follow the order of `query::order` (null < booleans < numbers < strings). An object
 //! whose field is an array or an object is kept in `others`, one whose field is missing in
-//! `missing`; postings are sets of creation sequence numbers, so a lookup yields candidates in
-//! the endpoint's natural order. Every lookup returns a superset of the matches: the executor
-//! still tests the whole condition on each candidate, so an index can never change a result,
-//! only its cost.
+//! `missing`. Postings map creation sequence numbers to the records themselves, so a lookup
+//! yields candidates in the endpoint's natural order without another lookup per object.
+//!
+//! Every lookup returns a superset of the matches, and says when it is exactly the matches
+//! (`exact`): the executor tests the whole condition on the candidates unless the lookup was
+//! exact for the only constraint, so an index can never change a result, only its cost.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde_json::{Number, Value};
 
+use super::record::Record;
 use crate::query::order::cmp_numbers;
 use crate::query::{Item, Operator, Path};
 
@@ -73,15 +77,25 @@ impl PartialEq for IndexKey {
 }
 impl Eq for IndexKey {}
 
+/// Records by creation sequence number.
+pub type Postings = BTreeMap<u64, Arc<Record>>;
+
+/// The result of an index lookup: candidates in creation order, and whether they are exactly
+/// the objects that satisfy the item.
+pub struct Candidates<'a> {
+    pub set: BTreeMap<u64, &'a Arc<Record>>,
+    pub exact: bool,
+}
+
 /// The index of one field path in one collection.
 #[derive(Debug)]
 pub struct FieldIndex {
     pub path: Path,
-    keys: BTreeMap<IndexKey, BTreeSet<u64>>,
+    keys: BTreeMap<IndexKey, Postings>,
     /// Objects whose field holds an array or an object.
-    others: BTreeSet<u64>,
+    others: Postings,
     /// Objects without the field.
-    missing: BTreeSet<u64>,
+    missing: Postings,
 }
 
 impl FieldIndex {
@@ -89,46 +103,53 @@ impl FieldIndex {
         FieldIndex {
             path,
             keys: BTreeMap::new(),
-            others: BTreeSet::new(),
-            missing: BTreeSet::new(),
+            others: Postings::new(),
+            missing: Postings::new(),
         }
     }
 
-    pub fn insert(&mut self, seq: u64, fields: &serde_json::Map<String, Value>) {
-        match self.path.get(fields) {
-            None => {
-                self.missing.insert(seq);
-            }
+    fn slot(&mut self, record: &Record) -> (&mut Postings, Option<IndexKey>) {
+        match self.path.get(&record.fields) {
+            None => (&mut self.missing, None),
             Some(v) => match IndexKey::of(v) {
-                Some(k) => {
-                    self.keys.entry(k).or_default().insert(seq);
-                }
-                None => {
-                    self.others.insert(seq);
-                }
+                Some(k) => (self.keys.entry(k.clone()).or_default(), Some(k)),
+                None => (&mut self.others, None),
             },
         }
     }
 
-    pub fn remove(&mut self, seq: u64, fields: &serde_json::Map<String, Value>) {
-        match self.path.get(fields) {
-            None => {
-                self.missing.remove(&seq);
+    pub fn insert(&mut self, record: &Arc<Record>) {
+        self.slot(record)
+            .0
+            .insert(record.created_seq, record.clone());
+    }
+
+    pub fn remove(&mut self, record: &Record) {
+        let (postings, key) = self.slot(record);
+        postings.remove(&record.created_seq);
+        if let Some(k) = key {
+            if self.keys.get(&k).is_some_and(BTreeMap::is_empty) {
+                self.keys.remove(&k);
             }
-            Some(v) => match IndexKey::of(v) {
-                Some(k) => {
-                    if let Some(set) = self.keys.get_mut(&k) {
-                        set.remove(&seq);
-                        if set.is_empty() {
-                            self.keys.remove(&k);
-                        }
-                    }
-                }
-                None => {
-                    self.others.remove(&seq);
-                }
-            },
         }
+    }
+
+    /// The objects grouped by value in the order of `query::order` (ascending, or descending),
+    /// each group in creation order; `None` when some objects hold arrays or objects here, whose
+    /// order the index does not keep.
+    pub fn ordered_groups(
+        &self,
+        descending: bool,
+    ) -> Option<Box<dyn Iterator<Item = &Postings> + '_>> {
+        if !self.others.is_empty() {
+            return None;
+        }
+        let missing = std::iter::once(&self.missing);
+        Some(if descending {
+            Box::new(self.keys.values().rev().chain(missing))
+        } else {
+            Box::new(missing.chain(self.keys.values()))
+        })
     }
 
     /// Number of distinct scalar values.
@@ -138,8 +159,11 @@ impl FieldIndex {
 
     /// Candidates for one condition item on this path, or `None` when the index cannot narrow
     /// the operator (the executor then scans).
-    pub fn candidates(&self, item: &Item) -> Option<BTreeSet<u64>> {
-        let mut out = BTreeSet::new();
+    pub fn candidates(&self, item: &Item) -> Option<Candidates<'_>> {
+        let mut out = Candidates {
+            set: BTreeMap::new(),
+            exact: true,
+        };
         match item.op {
             Operator::Equal => self.equal_into(&item.value, &mut out),
             Operator::In => {
@@ -158,9 +182,10 @@ impl FieldIndex {
                     Operator::Less => (Bound::Unbounded, Bound::Excluded(&key)),
                     _ => (Bound::Unbounded, Bound::Included(&key)),
                 };
+                // Ranges compare within a type only (numbers with numbers, strings with strings).
                 for (k, set) in self.keys.range::<IndexKey, _>((lo, hi)) {
                     if k.same_class(&key) {
-                        out.extend(set);
+                        extend(&mut out, set);
                     }
                 }
             }
@@ -169,30 +194,38 @@ impl FieldIndex {
                 let start = IndexKey::Str(prefix.into());
                 for (k, set) in self.keys.range(start..) {
                     match k {
-                        IndexKey::Str(s) if s.starts_with(prefix) => out.extend(set),
+                        IndexKey::Str(s) if s.starts_with(prefix) => extend(&mut out, set),
                         _ => break,
                     }
                 }
             }
-            Operator::Exists if item.value == Value::Bool(false) => out.extend(&self.missing),
+            Operator::Exists if item.value == Value::Bool(false) => extend(&mut out, &self.missing),
             _ => return None,
         }
         Some(out)
     }
 
-    fn equal_into(&self, v: &Value, out: &mut BTreeSet<u64>) {
+    fn equal_into<'a>(&'a self, v: &Value, out: &mut Candidates<'a>) {
         match IndexKey::of(v) {
             Some(k) => {
                 if let Some(set) = self.keys.get(&k) {
-                    out.extend(set);
+                    extend(out, set);
                 }
                 if k == IndexKey::Null {
-                    out.extend(&self.missing);
+                    extend(out, &self.missing);
                 }
             }
-            None => out.extend(&self.others),
+            None => {
+                // Arrays and objects are compared in full by the executor.
+                extend(out, &self.others);
+                out.exact = false;
+            }
         }
     }
+}
+
+fn extend<'a>(out: &mut Candidates<'a>, set: &'a Postings) {
+    out.set.extend(set.iter().map(|(k, v)| (*k, v)));
 }
 
 #[cfg(test)]
@@ -222,8 +255,20 @@ mod tests {
             json!({"n": true}),
         ];
         let mut idx = FieldIndex::new(Path::parse("n").unwrap());
-        for (i, o) in objs.iter().enumerate() {
-            idx.insert(i as u64, o.as_object().unwrap());
+        let records: Vec<Arc<Record>> = objs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                Arc::new(Record::new(
+                    format!("o{i}").into(),
+                    i as u64,
+                    i as u64,
+                    o.as_object().unwrap().clone(),
+                ))
+            })
+            .collect();
+        for r in &records {
+            idx.insert(r);
         }
         let probes = [
             ("EQUAL", json!(2)),
@@ -241,14 +286,20 @@ mod tests {
             let got = idx.candidates(&it).unwrap();
             for (i, o) in objs.iter().enumerate() {
                 if it.matches(o.as_object().unwrap()) {
-                    assert!(got.contains(&(i as u64)), "{op} {v}: object {o} missing");
+                    assert!(
+                        got.set.contains_key(&(i as u64)),
+                        "{op} {v}: object {o} missing"
+                    );
+                } else if got.exact {
+                    assert!(
+                        !got.set.contains_key(&(i as u64)),
+                        "{op} {v}: exact lookup holds {o}"
+                    );
                 }
             }
         }
-        idx.remove(1, objs[1].as_object().unwrap());
-        assert!(!idx
-            .candidates(&item("EQUAL", json!(2)))
-            .unwrap()
-            .contains(&1));
+        idx.remove(&records[1]);
+        let after = idx.candidates(&item("EQUAL", json!(2))).unwrap();
+        assert!(!after.set.contains_key(&1));
     }
 }

@@ -6,9 +6,9 @@
 //! The store knows nothing of who asked or by which transport.
 //!
 //! Indexes: an endpoint's fields listed in the configuration (`[index]`) are indexed from the
-//! start; a field used with EQUAL, IN, a range or STARTS_WITH in a LIST on a collection of at
-//! least `auto_index_min` objects is indexed automatically from then on (at most
-//! [`MAX_AUTO_INDEXES`] per endpoint).
+//! start; a field used with EQUAL, IN, a range or STARTS_WITH, or as the first sort key, in a
+//! LIST on a collection of at least `auto_index_min` objects is indexed automatically from then
+//! on (at most [`MAX_AUTO_INDEXES`] per endpoint).
 
 pub mod collection;
 pub mod index;
@@ -186,14 +186,24 @@ impl Store {
 
     /// Indexes the fields a LIST filters on, when the collection is large enough to gain.
     fn auto_index(&self, endpoint: &str, coll: &Arc<RwLock<Collection>>, query: &ListQuery) {
-        let Some(cond) = &query.condition else { return };
+        if query.condition.is_none() && query.sort.is_empty() {
+            return;
+        }
         let wanted: Vec<Path> = {
             let c = coll.read();
             if c.len() < self.shared.config.auto_index_min {
                 return;
             }
             let mut paths = Vec::new();
-            indexable_paths(cond, &mut paths);
+            if let Some(cond) = &query.condition {
+                indexable_paths(cond, &mut paths);
+            }
+            // The first sort key: an unfiltered sorted page then reads the index in order.
+            if let Some(first) = query.sort.first() {
+                if !paths.contains(&first.path) {
+                    paths.push(first.path.clone());
+                }
+            }
             paths.retain(|p| !c.is_indexed(p));
             paths
         };
@@ -213,7 +223,7 @@ impl Store {
                     }
                     *auto += 1;
                     indexed.push(path.clone());
-                    tracing::info!(endpoint, field = %path, "indexing a field that LIST filters on");
+                    tracing::info!(endpoint, field = %path, "indexing a field that LIST filters or sorts on");
                 }
             }
             let colls: Vec<Arc<RwLock<Collection>>> =
