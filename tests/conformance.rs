@@ -578,11 +578,11 @@ async fn run_file(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_vector_in_json_and_msgpack() {
+/// Runs every vector file in both encodings against a hub started with `config`.
+async fn run_all(config: common::Config, what: &str) {
     let files = load_vectors();
     let schemas = Schemas::load();
-    let hub = TestHub::start().await;
+    let hub = TestHub::start_with(config).await;
     let url = hub.ws_url();
     let mut failures = Vec::new();
     let mut passed = 0;
@@ -597,17 +597,33 @@ async fn every_vector_in_json_and_msgpack() {
     hub.stop().await;
     let steps: usize = files.iter().map(|f| f.steps.len()).sum();
     println!(
-        "conformance: {passed} of {} file runs passed ({} files, {steps} steps, JSON and MessagePack)",
+        "conformance ({what}): {passed} of {} file runs passed ({} files, {steps} steps, JSON and MessagePack)",
         2 * files.len(),
         files.len()
     );
     assert!(
         failures.is_empty(),
-        "{} of {} file runs failed:\n\n{}",
+        "{what}: {} of {} file runs failed:\n\n{}",
         failures.len(),
         2 * files.len(),
         failures.join("\n\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_vector_in_json_and_msgpack() {
+    run_all(common::Config::default(), "default hub").await;
+}
+
+/// The same vectors with every LIST indexing the fields it filters and sorts on, however small
+/// the collection: indexes may change how fast a LIST runs, never what it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_vector_with_automatic_indexes() {
+    let config = common::Config {
+        auto_index_min: 0,
+        ..Default::default()
+    };
+    run_all(config, "auto_index_min = 0").await;
 }
 
 /// The runner catches wrong vectors: each of these expectations is wrong for the reply the
