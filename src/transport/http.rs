@@ -4,8 +4,14 @@
 //! Call fields come from headers (`Flow-Auth-Token`, `Flow-Request-ObjectId`,
 //! `Flow-Request-Namespace`, `Flow-Request-Method`, `Flow-Request-Parameters`,
 //! `Flow-Request-Parameter`) or their query-string twins (`token`, `objectid`, `namespace`,
-//! `method`, `parameters`, `parameter`); a header wins over the query string. Header values
-//! wrapped in double quotes (as the seed writes them) are unwrapped. The body is the data.
+//! `method`, `parameters`, `parameter`); a header wins over the query string (for the
+//! parameters, key by key). Header values wrapped in double quotes (as the seed writes them)
+//! are unwrapped; header and query-string values are UTF-8 text, and one that is not is
+//! refused with `INVALID_REQUEST` rather than ignored. The body is the data.
+//!
+//! Verbs: GET, POST, PUT, PATCH and DELETE map to Flow methods; any other verb (HEAD,
+//! OPTIONS, TRACE, ...) gets `405 Method Not Allowed` with an `Allow` header and the usual
+//! envelope (`INVALID_REQUEST`), whatever `Flow-Request-Method` says.
 //!
 //! Path resolution (`protocol/SPEC.md`, "HTTP bridge"): a trailing `/` means the path names
 //! the endpoint only; without one, if an object id came in a header or the query string, the
@@ -79,25 +85,26 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
         Encoding::Json
     };
     let raw_path = req.uri().path().to_string();
-    let query = parse_query(req.uri().query());
+    if !SUPPORTED_VERBS.contains(req.method()) {
+        return method_not_allowed(req.method(), &raw_path, reply_encoding);
+    }
+    let query = match parse_query(req.uri().query()) {
+        Ok(q) => q,
+        Err(e) => return error_response(e, &raw_path, reply_encoding),
+    };
     let segments = match split_path(&raw_path) {
         Ok(s) => s,
         Err(e) => return error_response(e, &raw_path, reply_encoding),
     };
     // The OpenAPI descriptions: all in one, or one application's.
     if req.method() == HttpMethod::GET
-        && field(req.headers(), &query, "Flow-Request-Method", "method").is_none()
+        && matches!(
+            field(req.headers(), &query, "Flow-Request-Method", "method"),
+            Ok(None)
+        )
     {
-        match segments.as_slice() {
-            [doc] if doc == "openapi.json" => {
-                let doc = super::openapi::document(&hub.dispatcher.registry().all(), None);
-                return json_response(200, Bytes::from(doc.to_string()));
-            }
-            [app, doc] if doc == "openapi.json" => {
-                let doc = super::openapi::document(&hub.dispatcher.registry().all(), Some(app));
-                return json_response(200, Bytes::from(doc.to_string()));
-            }
-            _ => {}
+        if let Some(reply) = openapi(&hub, &segments, &raw_path) {
+            return reply;
         }
     }
     let (parts, body) = req.into_parts();
@@ -151,6 +158,55 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
     outcome_response(&outcome, reply_encoding)
 }
 
+/// The HTTP verbs the bridge maps to Flow methods.
+const SUPPORTED_VERBS: [HttpMethod; 5] = [
+    HttpMethod::GET,
+    HttpMethod::POST,
+    HttpMethod::PUT,
+    HttpMethod::PATCH,
+    HttpMethod::DELETE,
+];
+
+/// `405` with an `Allow` header for verbs the bridge does not map (HEAD, OPTIONS, TRACE, ...);
+/// the body is the usual envelope with `INVALID_REQUEST`.
+fn method_not_allowed(verb: &HttpMethod, path: &str, encoding: Encoding) -> Response<Full<Bytes>> {
+    let mut r = error_response(
+        FlowError::invalid(format!(
+            "HTTP {verb} is not supported: use GET, POST, PUT, PATCH or DELETE"
+        )),
+        path,
+        encoding,
+    );
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r.headers_mut().insert(
+        hyper::header::ALLOW,
+        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+    );
+    r
+}
+
+/// `GET /api/openapi.json` (every endpoint) and `GET /api/<application>/openapi.json` (one
+/// application's; `404` when no endpoint of that application is known).
+fn openapi(hub: &Hub, segments: &[String], path: &str) -> Option<Response<Full<Bytes>>> {
+    let application = match segments {
+        [doc] if doc == "openapi.json" => None,
+        [app, doc] if doc == "openapi.json" => Some(app.as_str()),
+        _ => return None,
+    };
+    let endpoints = hub.dispatcher.registry().all();
+    if let Some(app) = application {
+        if !endpoints.iter().any(|e| e.application == app) {
+            return Some(error_response(
+                FlowError::not_found(format!("no endpoint of application {app:?} is known")),
+                path,
+                Encoding::Json,
+            ));
+        }
+    }
+    let doc = super::openapi::document(&endpoints, application);
+    Some(json_response(200, Bytes::from(doc.to_string())))
+}
+
 fn accepts_msgpack(headers: &HeaderMap) -> bool {
     headers
         .get(hyper::header::ACCEPT)
@@ -180,14 +236,29 @@ fn split_path(path: &str) -> Result<Vec<String>, FlowError> {
     Ok(out)
 }
 
-fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+/// The query string's pairs (`+` is a space, `%XX` escapes are decoded); a value that is not
+/// UTF-8 after decoding is an error rather than a silently mangled id or namespace.
+fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, FlowError> {
+    let Some(query) = query else {
+        return Ok(Vec::new());
+    };
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&s)
+            .decode_utf8()
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|_| {
+                FlowError::invalid("the query string is not valid UTF-8 after percent-decoding")
+            })
+    };
     query
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Ok((decode(k)?, decode(v)?))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// A header value without the double quotes the seed puts around some of them.
@@ -200,7 +271,9 @@ fn unquote(s: &str) -> &str {
     }
 }
 
-/// Every value of a header (all occurrences) and then of its query-string twin.
+/// Every value of a header (all occurrences), or, when the header is absent, of its
+/// query-string twin: a header wins over the query string. Header values are taken as UTF-8
+/// (an id or a namespace may be any text); one that is not is an error, never ignored.
 fn values(
     headers: &HeaderMap,
     query: &[(String, String)],
@@ -209,32 +282,31 @@ fn values(
 ) -> Result<Vec<String>, FlowError> {
     let mut out = Vec::new();
     for v in headers.get_all(header) {
-        let s = v
-            .to_str()
-            .map_err(|_| FlowError::invalid(format!("header {header} is not valid text")))?;
+        let s = std::str::from_utf8(v.as_bytes())
+            .map_err(|_| FlowError::invalid(format!("header {header} is not valid UTF-8")))?;
         out.push(unquote(s).to_string());
     }
-    out.extend(
-        query
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.clone()),
-    );
+    if out.is_empty() {
+        out.extend(
+            query
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.clone()),
+        );
+    }
     Ok(out)
 }
 
-/// The first value of a field: the header if present, else the query string.
+/// The first non-empty value of a field: the header if present, else the query string.
 fn field(
     headers: &HeaderMap,
     query: &[(String, String)],
     header: &str,
     key: &str,
-) -> Option<String> {
-    values(headers, query, header, key)
-        .ok()?
+) -> Result<Option<String>, FlowError> {
+    Ok(values(headers, query, header, key)?
         .into_iter()
-        .next()
-        .filter(|s| !s.is_empty())
+        .find(|s| !s.is_empty()))
 }
 
 fn build_request(
@@ -245,8 +317,8 @@ fn build_request(
     raw_path: &str,
     mut segments: Vec<String>,
 ) -> Result<Request, FlowError> {
-    let objectid_field = field(headers, query, "Flow-Request-ObjectId", "objectid");
-    let method_field = field(headers, query, "Flow-Request-Method", "method");
+    let objectid_field = field(headers, query, "Flow-Request-ObjectId", "objectid")?;
+    let method_field = field(headers, query, "Flow-Request-Method", "method")?;
     if segments.first().is_none_or(String::is_empty) {
         return Err(FlowError::not_found(
             "the path names no application: call /api/<application>/<endpoint>/<objectid>",
@@ -286,6 +358,7 @@ fn build_request(
             HttpMethod::POST => Method::Create,
             HttpMethod::PUT | HttpMethod::PATCH => Method::Update,
             HttpMethod::DELETE => Method::Delete,
+            // `handle` answers every other verb with 405 before building a request.
             _ => {
                 return Err(FlowError::invalid(format!(
                     "HTTP {verb} is not supported: use GET, POST, PUT, PATCH or DELETE"
@@ -293,13 +366,26 @@ fn build_request(
             }
         },
     };
+    // Both parameter fields, from the query string first and then from the headers, so that
+    // a key given in a header wins over the same key in the query string.
     let mut params = serde_json::Map::new();
-    for (header, key) in [
-        ("Flow-Request-Parameters", "parameters"),
-        ("Flow-Request-Parameter", "parameter"),
-    ] {
-        for raw in values(headers, query, header, key)? {
-            params.extend(normalize(&Value::String(raw))?);
+    for from_headers in [false, true] {
+        for (header, key) in [
+            ("Flow-Request-Parameters", "parameters"),
+            ("Flow-Request-Parameter", "parameter"),
+        ] {
+            let raw = if from_headers {
+                values(headers, &[], header, key)?
+            } else {
+                query
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            };
+            for raw in raw {
+                params.extend(normalize(&Value::String(raw))?);
+            }
         }
     }
     Ok(Request {
@@ -307,9 +393,10 @@ fn build_request(
         endpoint,
         application: Some(application),
         objectid,
-        namespace: field(headers, query, "Flow-Request-Namespace", "namespace").unwrap_or_default(),
+        namespace: field(headers, query, "Flow-Request-Namespace", "namespace")?
+            .unwrap_or_default(),
         parameters: (!params.is_empty()).then_some(Value::Object(params)),
         data: None,
-        token: field(headers, query, "Flow-Auth-Token", "token"),
+        token: field(headers, query, "Flow-Auth-Token", "token")?,
     })
 }
