@@ -44,9 +44,10 @@ struct ServeArgs {
     log_format: Option<String>,
 }
 
-fn init_tracing(config: &Config) {
+/// Installs the log subscriber; a log filter that does not parse is a configuration error.
+fn init_tracing(config: &Config) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .map_err(|e| format!("log filter {:?} (FLOWHUB_LOG, --log): {e}", config.log))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -56,6 +57,7 @@ fn init_tracing(config: &Config) {
     } else {
         builder.init();
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -85,12 +87,33 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing(&config);
+            if let Err(e) = init_tracing(&config) {
+                eprintln!("flowhub: {e}");
+                return ExitCode::from(2);
+            }
             runtime.block_on(async move {
+                // Before the listening line: from then on a signal means a graceful stop.
+                let shutdown = match flowhub::server::shutdown_signal() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("flowhub: cannot install the signal handlers: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                // An address that does not parse or resolve is a configuration error (2); one
+                // that cannot be bound (in use, not permitted) is a failure to start (1).
+                if let Err(e) = tokio::net::lookup_host(&config.listen).await {
+                    eprintln!(
+                        "flowhub: listen address {:?} (FLOWHUB_LISTEN, --listen) is not a host:port: {e}",
+                        config.listen
+                    );
+                    return ExitCode::from(2);
+                }
                 let listener = match tokio::net::TcpListener::bind(&config.listen).await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::error!(listen = %config.listen, error = %e, "cannot listen");
+                        eprintln!("flowhub: cannot listen on {}: {e}", config.listen);
                         return ExitCode::from(1);
                     }
                 };
@@ -100,7 +123,7 @@ fn main() -> ExitCode {
                     .unwrap_or_default();
                 tracing::info!(%addr, "flowhub listening: HTTP /api/, WebSocket /ws, /health");
                 tracing::warn!("records are kept in memory only: they are lost when the hub stops");
-                flowhub::server::run(listener, config, flowhub::server::shutdown_signal()).await;
+                flowhub::server::run(listener, config, shutdown).await;
                 tracing::info!("flowhub stopped");
                 ExitCode::SUCCESS
             })

@@ -46,6 +46,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
+        force: CancellationToken::new(),
     };
     let stop = CancellationToken::new();
     let serving = tokio::spawn(transport::serve(listener, hub, stop.clone()));
@@ -54,24 +55,30 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let _ = serving.await;
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Starts listening for SIGTERM and SIGINT (Ctrl-C) now, and returns a future that resolves
+/// on the first of them.
+///
+/// The handlers are installed before this returns, so a signal that arrives while the hub is
+/// still starting (even before the future is first polled) starts a graceful shutdown instead
+/// of killing the process. Call it inside the runtime, before announcing the listening address.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C received"),
-        _ = term => tracing::info!("SIGTERM received"),
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("Ctrl-C received");
+        })
     }
 }

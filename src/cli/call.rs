@@ -3,6 +3,7 @@
 //! Exit status: 0 when the reply says `success: true`, 1 when it says `false`, 2 when the hub
 //! could not be reached or the arguments are wrong.
 
+use std::io::Write;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -52,7 +53,9 @@ pub async fn run(args: CallArgs) -> i32 {
             } else {
                 serde_json::to_string_pretty(&reply).unwrap_or_else(|_| reply.to_string())
             };
-            println!("{text}");
+            // A closed standard output (`| head -c0`) is not worth a panic; the exit status
+            // still says how the call went.
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
             if reply.get("success") == Some(&Value::Bool(true)) {
                 0
             } else {
@@ -140,7 +143,12 @@ pub async fn call(args: &CallArgs) -> Result<Value, String> {
     })
     .await
     .map_err(|_| format!("no reply within {}s", args.timeout))??;
+    // Close cleanly: send the close frame and wait (briefly) for the hub's answer to it.
     let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
     let mut reply = reply;
     if let Value::Object(o) = &mut reply {
         o.shift_remove("type");

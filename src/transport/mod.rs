@@ -3,8 +3,14 @@
 //!
 //! Each accepted connection gets its own task; the HTTP parse and the WebSocket handshake run
 //! there, under a timeout, so a slow client never stalls the accept loop. A semaphore bounds
-//! the connections held at once. The transport decodes and encodes; what a call means is the
+//! the connections held at once, upgraded WebSocket sessions included (a session keeps its
+//! connection's permit). The transport decodes and encodes; what a call means is the
 //! dispatcher's business.
+//!
+//! Shutdown: the listener closes at once (new connections are refused), HTTP connections finish
+//! the request in flight, WebSocket sessions finish their calls in flight and close with 1001.
+//! All of that gets `shutdown_grace_ms`; what is still open then is dropped ([`Hub::force`]),
+//! and [`serve`] returns only once every connection and session task has ended.
 
 pub mod http;
 pub mod openapi;
@@ -20,7 +26,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,10 +42,14 @@ pub struct Hub {
     pub shutdown: CancellationToken,
     /// Tracks upgraded WebSocket sessions, which hyper no longer tracks.
     pub sessions: TaskTracker,
+    /// Cancelled when the shutdown grace has run out: connections and sessions still open are
+    /// dropped without waiting further.
+    pub force: CancellationToken,
 }
 
 /// Accepts connections until `stop` is cancelled, then waits (at most the configured grace)
-/// for calls in flight to finish.
+/// for calls in flight to finish, drops what is left and returns once every connection and
+/// session task has ended.
 pub async fn serve(listener: TcpListener, hub: Hub, stop: CancellationToken) {
     let limit = Arc::new(Semaphore::new(hub.config.max_connections));
     let connections = TaskTracker::new();
@@ -64,23 +74,33 @@ pub async fn serve(listener: TcpListener, hub: Hub, stop: CancellationToken) {
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        // Shared by the connection and, after an upgrade, its WebSocket session: released
+        // when both are gone.
+        let permit = Arc::new(permit);
         let hub2 = hub.clone();
-        let service = hyper::service::service_fn(move |req| route(req, hub2.clone()));
+        let conn_permit = permit.clone();
+        let service =
+            hyper::service::service_fn(move |req| route(req, hub2.clone(), conn_permit.clone()));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(Duration::from_millis(hub.config.handshake_timeout_ms))
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stopping = hub.shutdown.clone();
+        let force = hub.force.clone();
         connections.spawn(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
                 _ = stopping.cancelled() => {
                     // Finish the request in flight, then close; upgraded sockets are gone
-                    // from hyper already and drain in their own sessions.
+                    // from hyper already and drain in their own sessions. A request that is
+                    // still not done when the grace runs out is dropped.
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = force.cancelled() => Ok(()),
+                    }
                 }
             };
             if let Err(e) = result {
@@ -102,17 +122,26 @@ pub async fn serve(listener: TcpListener, hub: Hub, stop: CancellationToken) {
     .await;
     match finished {
         Ok(()) => tracing::info!("all connections finished"),
-        Err(_) => tracing::warn!(
-            grace_ms = hub.config.shutdown_grace_ms,
-            "shutdown grace ran out; closing the rest"
-        ),
+        Err(_) => {
+            tracing::warn!(
+                grace_ms = hub.config.shutdown_grace_ms,
+                "shutdown grace ran out; closing the rest"
+            );
+            hub.force.cancel();
+            connections.wait().await;
+            hub.sessions.wait().await;
+        }
     }
 }
 
-async fn route(req: Request<Incoming>, hub: Hub) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(
+    req: Request<Incoming>,
+    hub: Hub,
+    conn: Arc<OwnedSemaphorePermit>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     Ok(if path == "/ws" || path == "/ws/" {
-        ws::upgrade(req, hub)
+        ws::upgrade(req, hub, conn)
     } else if path == "/health" {
         http::json_response(200, Bytes::from_static(b"{\"status\":\"ok\"}"))
     } else if path.starts_with("/api/") || path == "/api" {

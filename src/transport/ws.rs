@@ -6,20 +6,31 @@
 //! flight; when it is exhausted the reader stops reading, which pushes back on the client
 //! through TCP. The writer drains a bounded queue into the socket.
 //!
+//! Every reply, error replies included, is queued by a task that holds one of the reader's
+//! permits, so what one socket can make the hub hold is bounded by `max_calls_in_flight`
+//! replies waiting for queue space plus `outbound_queue` replies queued, whatever the client
+//! sends and however slowly it reads. When either task stops, the other follows: the reader
+//! stops when the writer's queue closes, and the writer drains what is queued, ends with the
+//! close frame and is aborted if that takes longer than the shutdown grace.
+//!
 //! Close codes: 1000 when the client closes, 1001 when the hub shuts down, 1009 for a message
-//! over four times `max_frame_bytes`, 1002 for a WebSocket protocol error. Messages over
-//! `max_frame_bytes` (but under the hard limit) get a `TOO_LARGE` reply and the socket stays.
+//! over four times `max_frame_bytes`, 1007 for a text frame that is not UTF-8, 1002 for another
+//! WebSocket protocol error. Messages over `max_frame_bytes` (but under the hard limit) get a
+//! `TOO_LARGE` reply and the socket stays.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -32,7 +43,14 @@ use crate::protocol::frame::{decode, parse_frame, requestid_of};
 use crate::protocol::{encode, Encoding, FlowError, Frame, Framing, Outcome};
 
 /// Answers the upgrade request and starts the session once hyper hands the socket over.
-pub fn upgrade(mut req: Request<Incoming>, hub: Hub) -> Response<Full<Bytes>> {
+///
+/// `conn` is the listener's permit for this connection: the session keeps it, so an upgraded
+/// socket counts against `max_connections` for as long as it is open.
+pub fn upgrade(
+    mut req: Request<Incoming>,
+    hub: Hub,
+    conn: Arc<OwnedSemaphorePermit>,
+) -> Response<Full<Bytes>> {
     let is_upgrade = req
         .headers()
         .get(UPGRADE)
@@ -60,6 +78,7 @@ pub fn upgrade(mut req: Request<Incoming>, hub: Hub) -> Response<Full<Bytes>> {
             Ok(upgraded) => session(TokioIo::new(upgraded), hub).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
+        drop(conn);
     });
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -73,6 +92,13 @@ pub fn upgrade(mut req: Request<Incoming>, hub: Hub) -> Response<Full<Bytes>> {
 }
 
 /// Runs one WebSocket session over an upgraded connection.
+///
+/// The session ends in three steps, whatever stopped the reader (the client closed, the socket
+/// broke, the hub is shutting down): calls in flight finish and their replies are queued, the
+/// close frame is queued after them, and the writer drains the queue. All three together get
+/// at most `shutdown_grace_ms`, and none outlives a forced stop of the hub ([`Hub::force`]):
+/// past that the writer is aborted and the socket dropped, so a client that never reads
+/// cannot keep a session (and its queued replies) alive.
 pub async fn session<S>(io: S, hub: Hub)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -83,56 +109,95 @@ where
     ws_config.max_message_size = Some(hard_limit);
     ws_config.max_frame_size = Some(hard_limit);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-    let (mut sink, mut stream) = ws.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(hub.config.outbound_queue);
-
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            let closing = matches!(msg, Message::Close(_));
-            if sink.feed(msg).await.is_err() {
-                break;
-            }
-            // Batch whatever else is ready into the same flush.
-            while let Ok(more) = out_rx.try_recv() {
-                if sink.feed(more).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() || closing {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = ws.split();
+    let (out_tx, out_rx) = mpsc::channel::<Message>(hub.config.outbound_queue);
+    let mut writer = tokio::spawn(write_loop(sink, out_rx));
 
     let in_flight = Arc::new(Semaphore::new(hub.config.max_calls_in_flight));
-    let mut close: Option<CloseFrame> = None;
+    let close = read_loop(&mut stream, &hub, &out_tx, &in_flight).await;
+
+    let all = u32::try_from(hub.config.max_calls_in_flight).unwrap_or(u32::MAX);
+    let grace = Duration::from_millis(hub.config.shutdown_grace_ms);
+    let drain = async {
+        // Let the calls in flight answer before the close frame goes out; once the writer is
+        // gone their replies have nowhere to go, so there is nothing to wait for.
+        tokio::select! {
+            _ = in_flight.acquire_many(all) => {}
+            _ = out_tx.closed() => {}
+        }
+        let _ = out_tx.send(Message::Close(Some(close))).await;
+        let _ = (&mut writer).await;
+    };
+    let drained = tokio::select! {
+        r = tokio::time::timeout(grace, drain) => r.is_ok(),
+        _ = hub.force.cancelled() => false,
+    };
+    if !drained {
+        tracing::debug!("WebSocket session did not drain in time; dropping the socket");
+        writer.abort();
+        let _ = writer.await;
+    }
+}
+
+/// Reads frames and starts one task per call until the client closes, the socket fails, the
+/// writer stops or the hub shuts down; returns the close frame to send.
+async fn read_loop<S>(
+    stream: &mut SplitStream<WebSocketStream<S>>,
+    hub: &Hub,
+    out_tx: &mpsc::Sender<Message>,
+    in_flight: &Arc<Semaphore>,
+) -> CloseFrame
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let max = hub.config.max_frame_bytes;
+    let away = || close_frame(CloseCode::Away, "the hub is shutting down");
+    // The writer stopped: the socket is broken or closing; a close frame can no longer go out.
+    let gone = || close_frame(CloseCode::Normal, "");
+    // Made once, not per frame: each registers a waiter the first time it is polled.
+    let shutdown = hub.shutdown.cancelled();
+    let writer_gone = out_tx.closed();
+    tokio::pin!(shutdown, writer_gone);
     loop {
+        // One permit per frame read: a call holds it until its reply is queued, so a client
+        // that sends faster than it reads is stopped here, and TCP pushes back on it.
         let permit = tokio::select! {
-            p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = hub.shutdown.cancelled() => { close = Some(close_frame(CloseCode::Away, "the hub is shutting down")); break }
+            biased;
+            _ = &mut shutdown => return away(),
+            _ = &mut writer_gone => return gone(),
+            p = in_flight.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return gone(),
+            },
         };
         let msg = tokio::select! {
+            biased;
+            _ = &mut shutdown => return away(),
+            _ = &mut writer_gone => return gone(),
             m = stream.next() => m,
-            _ = hub.shutdown.cancelled() => { close = Some(close_frame(CloseCode::Away, "the hub is shutting down")); break }
         };
         let (bytes, encoding) = match msg {
-            None => break,
+            None => return gone(),
             Some(Ok(Message::Text(t))) => (Bytes::from(t), Encoding::Json),
             Some(Ok(Message::Binary(b))) => (b, Encoding::MsgPack),
-            Some(Ok(Message::Close(_))) => break,
+            // tungstenite queues the reply to the client's close frame; the writer sends it.
+            Some(Ok(Message::Close(_))) => return close_frame(CloseCode::Normal, ""),
             Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
             Some(Err(WsError::Capacity(e))) => {
-                close = Some(close_frame(
-                    CloseCode::Size,
-                    &format!("message too large: {e}"),
-                ));
-                break;
+                return close_frame(CloseCode::Size, &format!("message too large: {e}"));
             }
+            Some(Err(WsError::Utf8)) => {
+                return close_frame(CloseCode::Invalid, "text frame is not valid UTF-8");
+            }
+            Some(Err(
+                WsError::ConnectionClosed
+                | WsError::AlreadyClosed
+                | WsError::Io(_)
+                | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+            )) => return gone(),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "WebSocket read failed");
-                close = Some(close_frame(CloseCode::Protocol, "WebSocket protocol error"));
-                break;
+                return close_frame(CloseCode::Protocol, "WebSocket protocol error");
             }
         };
         let tx = out_tx.clone();
@@ -145,13 +210,13 @@ where
                 None,
                 "-",
             ));
-            send(&tx, &outcome, None, encoding).await;
+            reply_later(tx, outcome, None, encoding, permit);
             continue;
         }
         let value = match decode(&bytes, encoding, hub.config.max_depth) {
             Ok(v) => v,
             Err(e) => {
-                send(&tx, &Err(log_error(e, None, "-")), None, encoding).await;
+                reply_later(tx, Err(log_error(e, None, "-")), None, encoding, permit);
                 continue;
             }
         };
@@ -165,28 +230,62 @@ where
                     drop(permit);
                 });
             }
-            Err(e) => {
-                send(
-                    &tx,
-                    &Err(log_error(e, None, "-")),
-                    requestid.as_ref(),
-                    encoding,
-                )
-                .await
-            }
+            Err(e) => reply_later(
+                tx,
+                Err(log_error(e, None, "-")),
+                requestid,
+                encoding,
+                permit,
+            ),
         }
     }
-    // Let the calls in flight answer before the close frame goes out.
-    let all = u32::try_from(hub.config.max_calls_in_flight).unwrap_or(u32::MAX);
-    let grace = std::time::Duration::from_millis(hub.config.shutdown_grace_ms);
-    let _ = tokio::time::timeout(grace, in_flight.acquire_many(all)).await;
-    let _ = out_tx
-        .send(Message::Close(
-            close.or(Some(close_frame(CloseCode::Normal, ""))),
-        ))
-        .await;
-    drop(out_tx);
-    let _ = writer.await;
+}
+
+/// Drains the outbound queue into the socket, batching what is ready into one flush. Stops
+/// after the close frame, when the queue closes, or when the socket fails; the queue is
+/// closed before the socket is, so the reader and pending replies see at once that the
+/// writer is gone.
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut out_rx: mpsc::Receiver<Message>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    'outer: while let Some(msg) = out_rx.recv().await {
+        let mut closing = matches!(msg, Message::Close(_));
+        if sink.feed(msg).await.is_err() {
+            break;
+        }
+        while !closing {
+            let Ok(more) = out_rx.try_recv() else { break };
+            closing = matches!(more, Message::Close(_));
+            if sink.feed(more).await.is_err() {
+                break 'outer;
+            }
+        }
+        if sink.flush().await.is_err() || closing {
+            break;
+        }
+    }
+    drop(out_rx);
+    // Sends the close frame (or the reply to the client's) if it is still pending.
+    let _ = sink.close().await;
+}
+
+/// Queues an error reply from its own task, holding the frame's permit until it is queued,
+/// so that the reader never waits for queue space and a flood of bad frames is bounded like
+/// a flood of calls.
+fn reply_later(
+    tx: mpsc::Sender<Message>,
+    outcome: Outcome,
+    requestid: Option<serde_json::Value>,
+    encoding: Encoding,
+    permit: OwnedSemaphorePermit,
+) {
+    tokio::spawn(async move {
+        send(&tx, &outcome, requestid.as_ref(), encoding).await;
+        drop(permit);
+    });
 }
 
 fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
