@@ -62,14 +62,14 @@ impl Dispatcher {
     }
 
     /// Runs one call to its outcome.
-    pub async fn call(&self, request: Request) -> Outcome {
-        match self.route(&request).await {
+    pub async fn call(&self, mut request: Request) -> Outcome {
+        match self.route(&mut request).await {
             Ok(s) => Ok(s),
             Err(e) => Err(log_error(e, Some(request.method), &request.endpoint)),
         }
     }
 
-    async fn route(&self, req: &Request) -> Result<Success, FlowError> {
+    async fn route(&self, req: &mut Request) -> Result<Success, FlowError> {
         req.validate()?;
         let known = self.registry.get(&req.endpoint);
         if let (Some(app), Some(info)) = (&req.application, &known) {
@@ -84,6 +84,9 @@ impl Dispatcher {
             Some(p) => normalize(p)?,
             None => Map::new(),
         };
+        // The data moves into the write; everything else is read in place.
+        let data = req.data.take();
+        let req = &*req;
         let ns = req.namespace.as_str();
         let ep = req.endpoint.as_str();
         if req.method == Method::Run {
@@ -131,12 +134,12 @@ impl Dispatcher {
                 if let (Some(app), None) = (&req.application, &known) {
                     let owner = registry::stored_application(ep);
                     if app != owner {
-                        return Err(FlowError::invalid(format!(
+                        return Err(FlowError::not_found(format!(
                             "a new endpoint {ep} belongs to application {owner}, not {app}"
                         )));
                     }
                 }
-                let mut data = object_data(req)?;
+                let mut data = object_data(req, data)?;
                 let id = match (req.objectid.as_deref(), data.get("id")) {
                     (Some(a), Some(Value::String(b))) if a != b => {
                         return Err(FlowError::invalid(format!(
@@ -161,7 +164,7 @@ impl Dispatcher {
                 self.write(op).await
             }
             Method::Update => {
-                let patch = object_data(req)?;
+                let patch = object_data(req, data)?;
                 let expected = match expected_version(&params)? {
                     Some(v) => Some(v),
                     None => match patch.get("version") {
@@ -227,13 +230,14 @@ fn objectid(req: &Request) -> Result<&str, FlowError> {
         .ok_or_else(|| FlowError::invalid(format!("{} needs an objectid", req.method)))
 }
 
-fn object_data(req: &Request) -> Result<Map<String, Value>, FlowError> {
-    match &req.data {
-        Some(Value::Object(o)) => Ok(o.clone()),
+/// The call's data, which must be an object.
+fn object_data(req: &Request, data: Option<Value>) -> Result<Map<String, Value>, FlowError> {
+    match data {
+        Some(Value::Object(o)) => Ok(o),
         Some(other) => Err(FlowError::invalid(format!(
             "data of {} must be a JSON object, not {}",
             req.method,
-            type_name(other)
+            type_name(&other)
         ))),
         None => Err(FlowError::invalid(format!("{} needs data", req.method))),
     }

@@ -39,7 +39,8 @@ pub fn decode(bytes: &[u8], encoding: Encoding, max_depth: usize) -> Result<Valu
             }
         })?,
         Encoding::MsgPack => {
-            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            let mut rest: &[u8] = bytes;
+            let mut de = rmp_serde::Deserializer::new(&mut rest);
             // +1: the frame itself is one level; the limit applies to what it contains.
             de.set_max_depth(max_depth + 1);
             let v: Value = serde::Deserialize::deserialize(&mut de).map_err(|e| {
@@ -49,6 +50,12 @@ pub fn decode(bytes: &[u8], encoding: Encoding, max_depth: usize) -> Result<Valu
                     FlowError::invalid(format!("frame is not valid MessagePack: {e}"))
                 }
             })?;
+            drop(de);
+            if !rest.is_empty() {
+                return Err(FlowError::invalid(
+                    "frame has bytes after its MessagePack value: one value per frame",
+                ));
+            }
             v
         }
     };
@@ -181,7 +188,13 @@ mod tests {
         let text = serde_json::to_vec(&v).unwrap();
         assert!(decode(&text, Encoding::Json, 32).is_err());
         assert!(decode(&text, Encoding::Json, 64).is_ok());
-        let bin = rmp_serde::to_vec(&v).unwrap();
+        let mut bin = rmp_serde::to_vec(&v).unwrap();
+        bin.push(0xc0);
+        assert!(
+            decode(&bin, Encoding::MsgPack, 64).is_err(),
+            "trailing bytes are refused"
+        );
+        bin.pop();
         assert!(decode(&bin, Encoding::MsgPack, 32).is_err());
         assert_eq!(decode(&bin, Encoding::MsgPack, 64).unwrap(), v);
         let deep = "[".repeat(100_000);

@@ -175,9 +175,10 @@ fn flag(params: &Map<String, Value>, key: &str) -> Result<Option<bool>, FlowErro
 fn enabled(params: &Map<String, Value>, group: &str) -> Result<bool, FlowError> {
     Ok(match flag(params, group)? {
         Some(b) => b,
-        None => params
-            .keys()
-            .any(|k| k.starts_with(group) && k.len() > group.len()),
+        None => params.keys().any(|k| {
+            k.strip_prefix(group)
+                .is_some_and(|rest| rest.starts_with('.'))
+        }),
     })
 }
 

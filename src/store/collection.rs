@@ -54,7 +54,7 @@ pub struct Collection {
     /// Natural order: by creation sequence number.
     by_seq: BTreeMap<u64, Arc<Record>>,
     indexes: Vec<FieldIndex>,
-    stats: BTreeMap<String, TypeCounts>,
+    stats: HashMap<String, TypeCounts>,
 }
 
 impl Collection {
@@ -108,7 +108,7 @@ impl Collection {
         for idx in &mut self.indexes {
             idx.insert(&record);
         }
-        count_fields(&mut self.stats, &record.fields, "", 0, 1);
+        count_fields(&mut self.stats, &record.fields, &mut String::new(), 0, 1);
         self.by_seq.insert(record.created_seq, record.clone());
         self.by_id.insert(record.id.clone(), record);
     }
@@ -120,13 +120,13 @@ impl Collection {
         for idx in &mut self.indexes {
             idx.remove(&old);
         }
-        count_fields(&mut self.stats, &old.fields, "", 0, -1);
+        count_fields(&mut self.stats, &old.fields, &mut String::new(), 0, -1);
         Some(old)
     }
 
-    /// Field statistics for INDEX: path → counts per type.
-    pub fn stats(&self) -> &BTreeMap<String, TypeCounts> {
-        &self.stats
+    /// Field statistics for INDEX: path → counts per type, sorted by path.
+    pub fn stats(&self) -> BTreeMap<&str, TypeCounts> {
+        self.stats.iter().map(|(k, v)| (k.as_str(), *v)).collect()
     }
 
     /// Runs a LIST: candidates from the indexes, the full condition on each, sort, page.
@@ -292,33 +292,34 @@ fn sorted_page(
         .collect()
 }
 
+/// Adds (`delta` 1) or removes (`delta` -1) an object's fields in the statistics. `path` is
+/// a scratch buffer holding the prefix; no allocation happens for a field already counted.
 fn count_fields(
-    stats: &mut BTreeMap<String, TypeCounts>,
+    stats: &mut HashMap<String, TypeCounts>,
     fields: &Map<String, Value>,
-    prefix: &str,
+    path: &mut String,
     depth: usize,
     delta: i64,
 ) {
+    let prefix_len = path.len();
     for (k, v) in fields {
-        let path = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        if let (Value::Object(inner), true) = (v, depth + 1 < STATS_DEPTH) {
-            count_fields(stats, inner, &path, depth + 1, delta);
+        if prefix_len > 0 {
+            path.push('.');
         }
-        let entry = stats.entry(path).or_default();
+        path.push_str(k);
+        if let (Value::Object(inner), true) = (v, depth + 1 < STATS_DEPTH) {
+            count_fields(stats, inner, path, depth + 1, delta);
+        }
+        let entry = match stats.get_mut(path.as_str()) {
+            Some(e) => e,
+            None => stats.entry(path.clone()).or_default(),
+        };
         let slot = entry.slot(v);
         *slot = slot.saturating_add_signed(delta);
         if entry.total() == 0 {
-            let path = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
-            stats.remove(&path);
+            stats.remove(path.as_str());
         }
+        path.truncate(prefix_len);
     }
 }
 

@@ -98,29 +98,35 @@ impl Shared {
 
     /// Applies one committed change (sequencer thread only).
     fn apply(&self, change: &Change) {
-        let ep = self
-            .endpoints
-            .entry(change.endpoint.clone())
-            .or_insert_with(|| {
-                Arc::new(EndpointData {
-                    name: change.endpoint.clone(),
-                    indexed: RwLock::new(
-                        self.config
-                            .indexes
-                            .get(&change.endpoint)
-                            .cloned()
-                            .unwrap_or_default(),
-                    ),
-                    auto_indexes: RwLock::new(0),
-                    namespaces: DashMap::new(),
+        let ep = match self.endpoints.get(&change.endpoint) {
+            Some(ep) => ep.clone(),
+            None => self
+                .endpoints
+                .entry(change.endpoint.clone())
+                .or_insert_with(|| {
+                    Arc::new(EndpointData {
+                        name: change.endpoint.clone(),
+                        indexed: RwLock::new(
+                            self.config
+                                .indexes
+                                .get(&change.endpoint)
+                                .cloned()
+                                .unwrap_or_default(),
+                        ),
+                        auto_indexes: RwLock::new(0),
+                        namespaces: DashMap::new(),
+                    })
                 })
-            })
-            .clone();
-        let coll = ep
-            .namespaces
-            .entry(change.namespace.clone())
-            .or_insert_with(|| Arc::new(RwLock::new(Collection::new(&ep.indexed.read()))))
-            .clone();
+                .clone(),
+        };
+        let coll = match ep.namespaces.get(&change.namespace) {
+            Some(c) => c.clone(),
+            None => ep
+                .namespaces
+                .entry(change.namespace.clone())
+                .or_insert_with(|| Arc::new(RwLock::new(Collection::new(&ep.indexed.read()))))
+                .clone(),
+        };
         let mut coll = coll.write();
         match &change.new {
             Some(r) => coll.put(r.clone()),

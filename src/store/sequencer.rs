@@ -53,28 +53,6 @@ pub enum WriteOp {
     },
 }
 
-impl WriteOp {
-    fn target(&self) -> (&str, &str) {
-        match self {
-            WriteOp::Create {
-                endpoint,
-                namespace,
-                ..
-            }
-            | WriteOp::Update {
-                endpoint,
-                namespace,
-                ..
-            }
-            | WriteOp::Delete {
-                endpoint,
-                namespace,
-                ..
-            } => (endpoint, namespace),
-        }
-    }
-}
-
 /// One committed write: what the object was and what it is now.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -109,7 +87,9 @@ fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-type Key = (String, String, Arc<str>);
+/// The batch's own changes by object id (indices into the batch's changes), so that a write
+/// sees the writes before it in the same batch.
+type Overlay = HashMap<Arc<str>, Vec<usize>>;
 
 fn run(
     shared: Arc<Shared>,
@@ -127,27 +107,22 @@ fn run(
             }
         }
         let batch_start = next_seq;
-        let mut overlay: HashMap<Key, Option<Arc<Record>>> = HashMap::new();
+        let mut overlay = Overlay::new();
         let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
-        let mut outcomes: Vec<Result<usize, StoreError>> = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
         let stamp = now();
-        for w in &batch {
-            match prepare(&shared, &mut overlay, &w.op, next_seq, &stamp) {
-                Ok(change) => {
+        for w in batch.drain(..) {
+            let outcome =
+                prepare(&shared, &overlay, &changes, w.op, next_seq, &stamp).map(|change| {
                     next_seq += 1;
-                    overlay.insert(
-                        (
-                            change.endpoint.clone(),
-                            change.namespace.clone(),
-                            change.id.clone(),
-                        ),
-                        change.new.clone(),
-                    );
-                    outcomes.push(Ok(changes.len()));
+                    overlay
+                        .entry(change.id.clone())
+                        .or_default()
+                        .push(changes.len());
                     changes.push(change);
-                }
-                Err(e) => outcomes.push(Err(e)),
-            }
+                    changes.len() - 1
+                });
+            replies.push((w.reply, outcome));
         }
         let records: Vec<LogRecord> = if log.keeps_records() {
             changes
@@ -173,63 +148,70 @@ fn run(
                 for c in &changes {
                     shared.apply(c);
                 }
-                for (w, outcome) in batch.drain(..).zip(outcomes) {
-                    let reply = outcome.map(|i| {
+                for (reply, outcome) in replies {
+                    // A delete answers with the object's last version.
+                    let result = outcome.and_then(|i| {
                         let c = &changes[i];
-                        // A delete answers with the object's last version.
                         c.new
                             .clone()
                             .or_else(|| c.old.clone())
-                            .expect("a change has a state")
+                            .ok_or_else(|| StoreError::NotFound(c.id.to_string()))
                     });
-                    let _ = w.reply.send(reply);
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, writes = changes.len(), "log append failed; the batch is not applied");
                 next_seq = batch_start;
-                for (w, outcome) in batch.drain(..).zip(outcomes) {
-                    let reply = outcome.and(Err(StoreError::Unavailable(e.to_string())));
-                    let _ = w.reply.send(reply);
+                for (reply, outcome) in replies {
+                    let _ = reply.send(outcome.and(Err(StoreError::Unavailable(e.to_string()))));
                 }
             }
         }
     }
 }
 
+/// The object's state as of this point in the batch.
 fn current(
     shared: &Shared,
-    overlay: &HashMap<Key, Option<Arc<Record>>>,
+    overlay: &Overlay,
+    changes: &[Change],
     endpoint: &str,
     namespace: &str,
     id: &str,
 ) -> Option<Arc<Record>> {
-    let key = (
-        endpoint.to_string(),
-        namespace.to_string(),
-        Arc::<str>::from(id),
-    );
-    match overlay.get(&key) {
-        Some(state) => state.clone(),
+    let in_batch = overlay.get(id).and_then(|idx| {
+        idx.iter()
+            .rev()
+            .map(|&i| &changes[i])
+            .find(|c| c.endpoint == endpoint && c.namespace == namespace)
+    });
+    match in_batch {
+        Some(c) => c.new.clone(),
         None => shared.open(endpoint, namespace, id),
     }
 }
 
 fn prepare(
     shared: &Shared,
-    overlay: &mut HashMap<Key, Option<Arc<Record>>>,
-    op: &WriteOp,
+    overlay: &Overlay,
+    changes: &[Change],
+    op: WriteOp,
     seq: u64,
     stamp: &str,
 ) -> Result<Change, StoreError> {
-    let (endpoint, namespace) = op.target();
     match op {
-        WriteOp::Create { id, data, .. } => {
+        WriteOp::Create {
+            endpoint,
+            namespace,
+            id,
+            data,
+        } => {
             let id: Arc<str> = match id {
-                Some(id) => id.as_str().into(),
+                Some(id) => id.into(),
                 None => uuid::Uuid::new_v4().to_string().into(),
             };
-            if current(shared, overlay, endpoint, namespace, &id).is_some() {
+            if current(shared, overlay, changes, &endpoint, &namespace, &id).is_some() {
                 return Err(StoreError::AlreadyExists(id.to_string()));
             }
             let mut fields = Map::with_capacity(data.len() + 4);
@@ -239,30 +221,30 @@ fn prepare(
             fields.insert("version".into(), Value::from(seq));
             for (k, v) in data {
                 if !MANAGED.contains(&k.as_str()) {
-                    fields.insert(k.clone(), v.clone());
+                    fields.insert(k, v);
                 }
             }
             let record = Arc::new(Record::new(id.clone(), seq, seq, fields));
             Ok(Change {
                 seq,
-                endpoint: endpoint.into(),
-                namespace: namespace.into(),
+                endpoint,
+                namespace,
                 id,
                 old: None,
                 new: Some(record),
             })
         }
         WriteOp::Update {
+            endpoint,
+            namespace,
             id,
-            patch,
+            mut patch,
             expected,
-            ..
         } => {
-            let old = current(shared, overlay, endpoint, namespace, id)
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            check_version(&old, *expected)?;
+            let old = current(shared, overlay, changes, &endpoint, &namespace, &id)
+                .ok_or(StoreError::NotFound(id))?;
+            check_version(&old, expected)?;
             let mut fields = old.fields.clone();
-            let mut patch = patch.clone();
             for m in MANAGED {
                 patch.shift_remove(m);
             }
@@ -272,21 +254,26 @@ fn prepare(
             let record = Arc::new(Record::new(old.id.clone(), old.created_seq, seq, fields));
             Ok(Change {
                 seq,
-                endpoint: endpoint.into(),
-                namespace: namespace.into(),
+                endpoint,
+                namespace,
                 id: old.id.clone(),
                 old: Some(old),
                 new: Some(record),
             })
         }
-        WriteOp::Delete { id, expected, .. } => {
-            let old = current(shared, overlay, endpoint, namespace, id)
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            check_version(&old, *expected)?;
+        WriteOp::Delete {
+            endpoint,
+            namespace,
+            id,
+            expected,
+        } => {
+            let old = current(shared, overlay, changes, &endpoint, &namespace, &id)
+                .ok_or(StoreError::NotFound(id))?;
+            check_version(&old, expected)?;
             Ok(Change {
                 seq,
-                endpoint: endpoint.into(),
-                namespace: namespace.into(),
+                endpoint,
+                namespace,
                 id: old.id.clone(),
                 old: Some(old),
                 new: None,
