@@ -41,8 +41,11 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Time calls in flight get to finish on SIGTERM or Ctrl-C.
     pub shutdown_grace_ms: u64,
-    /// A LIST on a collection at least this large indexes the fields it filters on.
+    /// A LIST on a collection at least this large indexes the fields it filters or sorts on.
     pub auto_index_min: usize,
+    /// Most objects one LIST reply may hold; a LIST whose page would hold more is refused
+    /// with `TOO_LARGE` and must paginate.
+    pub max_list_items: usize,
     /// Fields indexed from the start, per endpoint: `"address/address" = ["city"]`.
     pub index: BTreeMap<String, Vec<String>>,
 }
@@ -63,6 +66,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             auto_index_min: 1000,
+            max_list_items: 10_000,
             index: BTreeMap::new(),
         }
     }
@@ -138,6 +142,7 @@ impl Config {
                 "HANDSHAKE_TIMEOUT_MS" => self.handshake_timeout_ms = num(&key, &v)?,
                 "SHUTDOWN_GRACE_MS" => self.shutdown_grace_ms = num(&key, &v)?,
                 "AUTO_INDEX_MIN" => self.auto_index_min = num(&key, &v)?,
+                "MAX_LIST_ITEMS" => self.max_list_items = num(&key, &v)?,
                 _ => {}
             }
         }
@@ -163,6 +168,27 @@ impl Config {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        let port_ok = self
+            .listen
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(format!(
+                "listen must be a host and port such as 127.0.0.1:7340, not {:?}",
+                self.listen
+            ));
+        }
+        for (name, v) in [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("shutdown_grace_ms", self.shutdown_grace_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_list_items == 0 {
+            return Err("max_list_items must be at least 1".into());
         }
         if self.max_depth > 128 {
             return Err("max_depth must be at most 128".into());

@@ -42,7 +42,7 @@ pub fn build_store(config: &Config) -> Store {
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
     let store = build_store(&config);
     let hub = Hub {
-        dispatcher: Dispatcher::new(store),
+        dispatcher: Dispatcher::new(store, config.max_list_items),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),

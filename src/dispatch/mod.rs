@@ -36,6 +36,8 @@ impl Encoded for Record {
 pub struct Dispatcher {
     store: Store,
     registry: Registry,
+    /// Most objects one LIST reply may hold (`max_list_items`).
+    max_list_items: usize,
 }
 
 /// Gives an error its `errorid` and writes the log line that carries it.
@@ -52,9 +54,13 @@ pub fn log_error(error: FlowError, method: Option<Method>, endpoint: &str) -> Er
 }
 
 impl Dispatcher {
-    pub fn new(store: Store) -> Dispatcher {
+    pub fn new(store: Store, max_list_items: usize) -> Dispatcher {
         let registry = Registry::new(store.clone());
-        Dispatcher { store, registry }
+        Dispatcher {
+            store,
+            registry,
+            max_list_items,
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -102,8 +108,20 @@ impl Dispatcher {
         }
         match req.method {
             Method::List => {
-                let query = list_query(&params)?;
+                let mut query = list_query(&params)?;
+                // Ask for one more than a reply may hold: if it comes, the page is too big,
+                // and no more than that was ever collected.
+                let max = self.max_list_items;
+                if query.page.size.is_none_or(|s| s > max) {
+                    query.page.size = Some(max + 1);
+                }
                 let result = self.store.list(ep, ns, &query);
+                if result.items.len() > max {
+                    return Err(FlowError::too_large(format!(
+                        "LIST would return more than {max} objects ({} match); paginate with pagination.size and pagination.from",
+                        result.count
+                    )));
+                }
                 Ok(Success {
                     data: Data::StoredList(
                         result

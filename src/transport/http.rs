@@ -18,6 +18,8 @@
 //! whole path is the endpoint; else, if the whole path names a known endpoint, it is that
 //! endpoint; else the last segment is the object id.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -119,12 +121,17 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
         Ok(r) => r,
         Err(e) => return error_response(e, &raw_path, reply_encoding),
     };
-    let body = match Limited::new(body, hub.config.max_body_bytes)
-        .collect()
-        .await
+    // The body must arrive within the handshake timeout too, so a client that promises a
+    // body and never sends it cannot hold a connection slot.
+    let limit = Duration::from_millis(hub.config.handshake_timeout_ms);
+    let body = match tokio::time::timeout(
+        limit,
+        Limited::new(body, hub.config.max_body_bytes).collect(),
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             let err = if e
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -136,6 +143,13 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
             } else {
                 FlowError::invalid(format!("request body could not be read: {e}"))
             };
+            return error_response(err, &request.endpoint, reply_encoding);
+        }
+        Err(_) => {
+            let err = FlowError::invalid(format!(
+                "request body did not arrive within {} ms",
+                hub.config.handshake_timeout_ms
+            ));
             return error_response(err, &request.endpoint, reply_encoding);
         }
     };

@@ -63,7 +63,10 @@ impl TestHub {
             let _ = tx.send(());
         }
         if let Some(h) = self.handle.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+            tokio::time::timeout(Duration::from_secs(30), h)
+                .await
+                .expect("the hub stops within 30 s")
+                .expect("the hub's task ends without a panic");
         }
     }
 }
