@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use flowhub::config::{Config, Overrides};
 
+/// mimalloc keeps the hub's many small, long-lived record allocations compact across threads
+/// (records are built on the sequencer thread and freed wherever the last reader drops them).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "flowhub",
