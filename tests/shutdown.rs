@@ -436,3 +436,48 @@ async fn an_address_in_use_is_a_failure_to_start() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&addr), "{stderr}");
 }
+
+#[tokio::test]
+async fn every_error_reply_has_its_errorid_in_a_log_line() {
+    let hub = HubProcess::start(&[], &[]);
+    // One error over HTTP, two over the WebSocket (a call error and an undecodable frame).
+    let http = common::http(
+        hub.addr,
+        "GET",
+        "/api/inventory/inventory/device/nope",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(http.status, 404);
+    let mut ids = vec![http.json()["errorid"].as_str().unwrap().to_string()];
+    let mut ws = WsClient::connect(&hub.url()).await;
+    let r = ws
+        .call(json!({"endpoint": "inventory/device", "method": "FETCH"}))
+        .await;
+    ids.push(r["errorid"].as_str().unwrap().to_string());
+    ws.send_raw(Message::text("{not json")).await;
+    let r = ws.recv().await.unwrap();
+    ids.push(r["errorid"].as_str().unwrap().to_string());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = hub.stderr.lock().unwrap().clone();
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let logged = |id: &str| {
+            lines.iter().any(|l| {
+                l["fields"]["errorid"] == json!(id) && l["fields"]["errorcode"].is_string()
+            })
+        };
+        if ids.iter().all(|id| logged(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "errorids {ids:?} not all in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
