@@ -19,6 +19,15 @@ pub struct Config {
     pub listen: String,
     /// Directory of the hub's durable state. `FLOWHUB_DATA_DIR`, default `./flowhub-data`.
     pub data_dir: PathBuf,
+    /// When writes reach the disk: `always` (fsync before every acknowledgement, the
+    /// default), `interval` (fsync every `fsync_interval_ms`; a machine crash may lose that
+    /// window), `never` (no fsync: tests and benchmarks), `memory` (no log at all: nothing
+    /// survives a stop). `FLOWHUB_DURABILITY`.
+    pub durability: String,
+    /// The fsync period of `durability = "interval"`.
+    pub fsync_interval_ms: u64,
+    /// A log segment file is closed and a new one started past this size.
+    pub segment_bytes: u64,
     /// Log filter in `tracing` syntax (`info`, `flowhub=debug`). `FLOWHUB_LOG`.
     pub log: String,
     /// `text` (human) or `json` (one object per line). `FLOWHUB_LOG_FORMAT`.
@@ -55,6 +64,9 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7340".into(),
             data_dir: PathBuf::from("./flowhub-data"),
+            durability: "always".into(),
+            fsync_interval_ms: 100,
+            segment_bytes: 64 << 20,
             log: "info".into(),
             log_format: "text".into(),
             max_frame_bytes: 1 << 20,
@@ -77,6 +89,7 @@ impl Default for Config {
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub durability: Option<String>,
     pub log: Option<String>,
     pub log_format: Option<String>,
 }
@@ -102,6 +115,9 @@ impl Config {
         }
         if let Some(v) = &flags.data_dir {
             config.data_dir.clone_from(v);
+        }
+        if let Some(v) = &flags.durability {
+            config.durability.clone_from(v);
         }
         if let Some(v) = &flags.log {
             config.log.clone_from(v);
@@ -131,6 +147,9 @@ impl Config {
             match name {
                 "LISTEN" => self.listen = v,
                 "DATA_DIR" => self.data_dir = PathBuf::from(v),
+                "DURABILITY" => self.durability = v,
+                "FSYNC_INTERVAL_MS" => self.fsync_interval_ms = num(&key, &v)?,
+                "SEGMENT_BYTES" => self.segment_bytes = num(&key, &v)?,
                 "LOG" => self.log = v,
                 "LOG_FORMAT" => self.log_format = v,
                 "MAX_FRAME_BYTES" => self.max_frame_bytes = num(&key, &v)?,
@@ -150,6 +169,21 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if !matches!(
+            self.durability.as_str(),
+            "always" | "interval" | "never" | "memory"
+        ) {
+            return Err(format!(
+                "durability must be \"always\", \"interval\", \"never\" or \"memory\", not {:?}",
+                self.durability
+            ));
+        }
+        if self.segment_bytes < 4096 {
+            return Err("segment_bytes must be at least 4096".into());
+        }
+        if self.fsync_interval_ms == 0 {
+            return Err("fsync_interval_ms must be at least 1".into());
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(format!(
                 "log_format must be \"text\" or \"json\", not {:?}",

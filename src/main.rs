@@ -41,6 +41,9 @@ struct ServeArgs {
     /// Data directory [env: FLOWHUB_DATA_DIR] [default: ./flowhub-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// always, interval, never or memory [env: FLOWHUB_DURABILITY] [default: always].
+    #[arg(long)]
+    durability: Option<String>,
     /// Log filter, e.g. `info` or `flowhub=debug` [env: FLOWHUB_LOG].
     #[arg(long)]
     log: Option<String>,
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
             let flags = Overrides {
                 listen: args.listen,
                 data_dir: args.data_dir,
+                durability: args.durability,
                 log: args.log,
                 log_format: args.log_format,
             };
@@ -114,6 +118,15 @@ fn main() -> ExitCode {
                     );
                     return ExitCode::from(2);
                 }
+                // Read the log back before listening: "listening" means ready.
+                let opened = match flowhub::server::open(&config) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        eprintln!("flowhub: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
                 let listener = match tokio::net::TcpListener::bind(&config.listen).await {
                     Ok(l) => l,
                     Err(e) => {
@@ -127,8 +140,7 @@ fn main() -> ExitCode {
                     .map(|a| a.to_string())
                     .unwrap_or_default();
                 tracing::info!(%addr, "flowhub listening: HTTP /api/, WebSocket /ws, /health");
-                tracing::warn!("records are kept in memory only: they are lost when the hub stops");
-                flowhub::server::run(listener, config, shutdown).await;
+                flowhub::server::serve(listener, opened, config, shutdown).await;
                 tracing::info!("flowhub stopped");
                 ExitCode::SUCCESS
             })

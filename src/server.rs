@@ -4,6 +4,7 @@
 //! [`run`] takes the listener and the shutdown future as arguments, so a test binds port 0
 //! and stops the hub when it wants.
 
+use std::fs::File;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -13,13 +14,21 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::log::MemoryOnly;
+use crate::log::file::{Durability, FileLog};
+use crate::log::recovery::recover;
+use crate::log::{Log, MemoryOnly};
 use crate::query::Path;
 use crate::store::{Store, StoreConfig};
 use crate::transport::{self, Hub};
 
-/// Builds the record store the configuration describes.
-pub fn build_store(config: &Config) -> Store {
+/// The hub's state, opened and recovered, ready to serve.
+pub struct Opened {
+    pub store: Store,
+    /// Held for the hub's lifetime: a second hub on the same data directory is refused.
+    _lock: Option<File>,
+}
+
+fn store_config(config: &Config) -> StoreConfig {
     let indexes = config
         .index
         .iter()
@@ -30,19 +39,93 @@ pub fn build_store(config: &Config) -> Store {
             )
         })
         .collect();
-    let store_config = StoreConfig {
+    StoreConfig {
         indexes,
         auto_index_min: config.auto_index_min,
-    };
-    Store::new(store_config, Box::new(MemoryOnly), 0)
+    }
 }
 
-/// Serves `listener` until `shutdown` resolves, then finishes calls in flight (within the
-/// configured grace) and returns.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let store = build_store(&config);
+/// The durability policy the configuration names (`memory` has no log and no policy).
+pub fn durability(config: &Config) -> Option<Durability> {
+    match config.durability.as_str() {
+        "always" => Some(Durability::Always),
+        "interval" => Some(Durability::Interval(config.fsync_interval_ms)),
+        "never" => Some(Durability::Never),
+        _ => None,
+    }
+}
+
+/// Locks the data directory against a second hub.
+pub fn lock_data_dir(dir: &std::path::Path) -> Result<File, String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "the data directory {} is in use by another hub (its LOCK file is held)",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+/// Opens the data directory: lock, read the log back, and start the store where it ended.
+/// Damage in the log stops here with a message naming the file and offset.
+pub fn open(config: &Config) -> Result<Opened, String> {
+    let Some(policy) = durability(config) else {
+        tracing::warn!("durability = \"memory\": records are lost when the hub stops");
+        return Ok(Opened {
+            store: Store::new(store_config(config), Box::new(MemoryOnly), 0),
+            _lock: None,
+        });
+    };
+    let lock = lock_data_dir(&config.data_dir)?;
+    let log_dir = config.data_dir.join("log");
+    let started = std::time::Instant::now();
+    let recovered = recover(&log_dir, 0, false).map_err(|e| e.to_string())?;
+    let count = recovered.records.len();
+    let last_seq = recovered.last_seq;
+    let log = FileLog::open(&log_dir, policy, config.segment_bytes, recovered.tail)
+        .map_err(|e| format!("cannot open the log in {}: {e}", log_dir.display()))?;
+    let store = Store::restore(
+        store_config(config),
+        Box::new(log) as Box<dyn Log>,
+        recovered.records,
+        last_seq,
+    )?;
+    tracing::info!(
+        records = count,
+        last_seq,
+        ms = started.elapsed().as_millis() as u64,
+        data_dir = %config.data_dir.display(),
+        durability = %config.durability,
+        "state recovered from the log"
+    );
+    Ok(Opened {
+        store,
+        _lock: Some(lock),
+    })
+}
+
+/// Serves `listener` with an opened hub until `shutdown` resolves, then finishes calls in
+/// flight (within the configured grace), lets the sequencer commit what is queued, and
+/// returns.
+pub async fn serve(
+    listener: TcpListener,
+    opened: Opened,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) {
+    let Opened { store, _lock } = opened;
     let hub = Hub {
-        dispatcher: Dispatcher::new(store, config.max_list_items),
+        dispatcher: Dispatcher::new(store.clone(), config.max_list_items),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
@@ -53,6 +136,19 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     shutdown.await;
     stop.cancel();
     let _ = serving.await;
+    store.close().await;
+    drop(_lock);
+}
+
+/// Opens the data directory and serves `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let opened = open(&config)?;
+    serve(listener, opened, config, shutdown).await;
+    Ok(())
 }
 
 /// Starts listening for SIGTERM and SIGINT (Ctrl-C) now, and returns a future that resolves

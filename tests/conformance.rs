@@ -337,7 +337,7 @@ enum Outgoing {
 
 fn hex(s: &str) -> Result<Vec<u8>, String> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("send_raw_hex has an odd number of digits".into());
     }
     (0..s.len())

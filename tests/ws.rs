@@ -628,6 +628,7 @@ async fn stopping_the_hub_drops_a_socket_whose_client_stopped_reading() {
         outbound_queue: 4,
         max_calls_in_flight: 4,
         shutdown_grace_ms: 300,
+        durability: "memory".into(),
         ..Config::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -647,6 +648,7 @@ async fn stopping_the_hub_drops_a_socket_whose_client_stopped_reading() {
     tokio::time::timeout(WAIT, run)
         .await
         .expect("the hub stops within its grace even with a client that does not read")
+        .unwrap()
         .unwrap();
     // Nothing of the hub is left: the socket is gone, so the client's writes fail.
     let gone = tokio::time::timeout(WAIT, async {

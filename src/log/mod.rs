@@ -5,8 +5,13 @@
 //! applied and every caller gets `UNAVAILABLE`. A log knows sequence numbers, names and bytes,
 //! never endpoints' meaning or methods.
 //!
-//! Implementations: [`MemoryOnly`] (the hub keeps state in memory only; nothing survives a
-//! restart). The embedded file log and, later, a replicated log plug in here.
+//! Implementations: [`file::FileLog`] (the embedded default: segment files in the data
+//! directory, group commit, fsync policies; [`recovery`] reads it back) and [`MemoryOnly`]
+//! (state in memory only, for tests and benchmarks). A replicated log plugs in here later.
+
+pub mod file;
+pub mod format;
+pub mod recovery;
 
 use bytes::Bytes;
 
@@ -15,6 +20,8 @@ use bytes::Bytes;
 pub struct LogRecord {
     /// Position in the hub's single commit order; strictly increasing.
     pub seq: u64,
+    /// The sequence number of the object's CREATE: its place in the endpoint's natural order.
+    pub created_seq: u64,
     pub endpoint: String,
     pub namespace: String,
     pub id: String,

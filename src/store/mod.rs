@@ -28,7 +28,7 @@ pub use collection::{Collection, ListResult};
 pub use record::Record;
 pub use sequencer::{Change, WriteOp};
 
-use crate::log::Log;
+use crate::log::{Log, LogRecord};
 use crate::query::{Group, ListQuery, Operator, Path};
 
 /// Most automatically created indexes per endpoint.
@@ -142,18 +142,78 @@ impl Shared {
 pub struct Store {
     shared: Arc<Shared>,
     writes: mpsc::Sender<sequencer::WriteRequest>,
+    /// The sequencer thread, joined by [`Store::close`].
+    sequencer: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Store {
     /// A store whose sequencer hands every batch to `log`; sequence numbers start after
     /// `last_seq`.
     pub fn new(config: StoreConfig, log: Box<dyn Log>, last_seq: u64) -> Store {
+        match Store::restore(config, log, Vec::new(), last_seq) {
+            Ok(s) => s,
+            // Only a failure to start a thread gets here.
+            Err(e) => panic!("cannot start the store: {e}"),
+        }
+    }
+
+    /// A store holding the state that `records` (the log read back, in commit order) leave,
+    /// whose sequencer continues after `last_seq` and hands every batch to `log`.
+    pub fn restore(
+        config: StoreConfig,
+        log: Box<dyn Log>,
+        records: Vec<LogRecord>,
+        last_seq: u64,
+    ) -> Result<Store, String> {
         let shared = Arc::new(Shared {
             endpoints: DashMap::new(),
             config,
         });
-        let writes = sequencer::spawn(shared.clone(), log, last_seq + 1);
-        Store { shared, writes }
+        for rec in records {
+            let new = match rec.state {
+                None => None,
+                Some(json) => {
+                    let fields: Map<String, Value> =
+                        serde_json::from_slice(&json).map_err(|e| {
+                            format!("log record {} does not hold a JSON object: {e}", rec.seq)
+                        })?;
+                    let id: Arc<str> = rec.id.as_str().into();
+                    Some(Arc::new(Record::with_json(
+                        id,
+                        rec.created_seq,
+                        rec.seq,
+                        fields,
+                        json,
+                    )))
+                }
+            };
+            let change = Change {
+                seq: rec.seq,
+                endpoint: rec.endpoint,
+                namespace: rec.namespace,
+                id: rec.id.into(),
+                old: None,
+                new,
+            };
+            shared.apply(&change);
+        }
+        let (writes, handle) = sequencer::spawn(shared.clone(), log, last_seq + 1)
+            .map_err(|e| format!("cannot start the sequencer thread: {e}"))?;
+        Ok(Store {
+            shared,
+            writes,
+            sequencer: Arc::new(parking_lot::Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Waits until the sequencer has committed every write queued before the last clone of
+    /// this store is dropped and has closed the log. Call it on the last clone.
+    pub async fn close(self) {
+        let handle = self.sequencer.lock().take();
+        drop(self);
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
     }
 
     /// Whether a hub-stored endpoint of this name exists (in any namespace).

@@ -38,6 +38,24 @@ impl Record {
         }
     }
 
+    /// A record read back from the log: `json` is `fields` as stored.
+    pub fn with_json(
+        id: Arc<str>,
+        created_seq: u64,
+        version: u64,
+        fields: Map<String, Value>,
+        json: Bytes,
+    ) -> Record {
+        Record {
+            id,
+            created_seq,
+            version,
+            fields,
+            json,
+            msgpack: OnceLock::new(),
+        }
+    }
+
     /// The MessagePack form, made on first use and kept.
     pub fn msgpack(&self) -> Bytes {
         self.msgpack

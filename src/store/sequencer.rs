@@ -74,13 +74,12 @@ pub(super) fn spawn(
     shared: Arc<Shared>,
     log: Box<dyn Log>,
     next_seq: u64,
-) -> mpsc::Sender<WriteRequest> {
+) -> std::io::Result<(mpsc::Sender<WriteRequest>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("flowhub-sequencer".into())
-        .spawn(move || run(shared, rx, log, next_seq))
-        .expect("the sequencer thread must start");
-    tx
+        .spawn(move || run(shared, rx, log, next_seq))?;
+    Ok((tx, handle))
 }
 
 fn now() -> String {
@@ -129,6 +128,11 @@ fn run(
                 .iter()
                 .map(|c| LogRecord {
                     seq: c.seq,
+                    created_seq: c
+                        .new
+                        .as_ref()
+                        .or(c.old.as_ref())
+                        .map_or(c.seq, |r| r.created_seq),
                     endpoint: c.endpoint.clone(),
                     namespace: c.namespace.clone(),
                     id: c.id.to_string(),

@@ -15,8 +15,10 @@ pub use flowhub::config::Config;
 /// A hub serving on an ephemeral port for the length of a test.
 pub struct TestHub {
     pub addr: SocketAddr,
+    /// The hub's data directory when the test did not choose one; removed with the hub.
+    pub data: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 impl TestHub {
@@ -24,7 +26,15 @@ impl TestHub {
         Self::start_with(Config::default()).await
     }
 
-    pub async fn start_with(config: Config) -> TestHub {
+    /// A hub with `config`; a `data_dir` left at its default becomes a fresh temporary one.
+    pub async fn start_with(mut config: Config) -> TestHub {
+        let data = if config.data_dir == Config::default().data_dir {
+            let dir = tempfile::tempdir().expect("a temporary data directory");
+            config.data_dir = dir.path().to_path_buf();
+            Some(dir)
+        } else {
+            None
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -33,6 +43,7 @@ impl TestHub {
         }));
         TestHub {
             addr,
+            data,
             stop: Some(tx),
             handle: Some(handle),
         }
@@ -66,7 +77,8 @@ impl TestHub {
             tokio::time::timeout(Duration::from_secs(30), h)
                 .await
                 .expect("the hub stops within 30 s")
-                .expect("the hub's task ends without a panic");
+                .expect("the hub's task ends without a panic")
+                .expect("the hub starts and runs");
         }
     }
 }
