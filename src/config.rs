@@ -28,6 +28,9 @@ pub struct Config {
     pub fsync_interval_ms: u64,
     /// A log segment file is closed and a new one started past this size.
     pub segment_bytes: u64,
+    /// A snapshot is taken once the log written since the last one is at least this large
+    /// and at least as large as that snapshot; the segments it covers are then removed.
+    pub snapshot_min_bytes: u64,
     /// Log filter in `tracing` syntax (`info`, `flowhub=debug`). `FLOWHUB_LOG`.
     pub log: String,
     /// `text` (human) or `json` (one object per line). `FLOWHUB_LOG_FORMAT`.
@@ -67,6 +70,7 @@ impl Default for Config {
             durability: "always".into(),
             fsync_interval_ms: 100,
             segment_bytes: 64 << 20,
+            snapshot_min_bytes: 64 << 20,
             log: "info".into(),
             log_format: "text".into(),
             max_frame_bytes: 1 << 20,
@@ -150,6 +154,7 @@ impl Config {
                 "DURABILITY" => self.durability = v,
                 "FSYNC_INTERVAL_MS" => self.fsync_interval_ms = num(&key, &v)?,
                 "SEGMENT_BYTES" => self.segment_bytes = num(&key, &v)?,
+                "SNAPSHOT_MIN_BYTES" => self.snapshot_min_bytes = num(&key, &v)?,
                 "LOG" => self.log = v,
                 "LOG_FORMAT" => self.log_format = v,
                 "MAX_FRAME_BYTES" => self.max_frame_bytes = num(&key, &v)?,

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::log::file::{Durability, FileLog};
 use crate::log::recovery::recover;
+use crate::log::snapshot::{self, SnapshottingLog};
 use crate::log::{Log, MemoryOnly};
 use crate::query::Path;
 use crate::store::{Store, StoreConfig};
@@ -88,25 +89,53 @@ pub fn open(config: &Config) -> Result<Opened, String> {
     };
     let lock = lock_data_dir(&config.data_dir)?;
     let log_dir = config.data_dir.join("log");
+    let snapshot_dir = config.data_dir.join("snapshot");
     let started = std::time::Instant::now();
-    let recovered = recover(&log_dir, 0, false).map_err(|e| e.to_string())?;
-    let count = recovered.records.len();
-    let last_seq = recovered.last_seq;
-    let log = FileLog::open(&log_dir, policy, config.segment_bytes, recovered.tail)
+    let (base_seq, mut records, snapshot_size) = match snapshot::load_newest(&snapshot_dir)? {
+        Some((path, seq, entries)) => {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            (seq, entries, size)
+        }
+        None => (0, Vec::new(), 0),
+    };
+    let from_snapshot = records.len();
+    let recovered = recover(&log_dir, base_seq, false).map_err(|e| e.to_string())?;
+    // The log must continue exactly where the snapshot ends: sequence numbers have no gaps.
+    if let Some(first) = recovered.records.first() {
+        if first.seq != base_seq + 1 {
+            return Err(format!(
+                "the log in {} continues at sequence {} but the state before it ends at {base_seq}: \
+                 log segments are missing; restore a backup",
+                log_dir.display(),
+                first.seq
+            ));
+        }
+    }
+    let from_log = recovered.records.len();
+    let last_seq = recovered.last_seq.max(base_seq);
+    records.extend(recovered.records);
+    let file_log = FileLog::open(&log_dir, policy, config.segment_bytes, recovered.tail)
         .map_err(|e| format!("cannot open the log in {}: {e}", log_dir.display()))?;
+    let log = SnapshottingLog::new(
+        file_log,
+        snapshot_dir,
+        config.snapshot_min_bytes,
+        snapshot_size,
+    );
     let store = Store::restore(
         store_config(config),
         Box::new(log) as Box<dyn Log>,
-        recovered.records,
+        records,
         last_seq,
     )?;
     tracing::info!(
-        records = count,
+        from_snapshot,
+        from_log,
         last_seq,
         ms = started.elapsed().as_millis() as u64,
         data_dir = %config.data_dir.display(),
         durability = %config.durability,
-        "state recovered from the log"
+        "state recovered"
     );
     Ok(Opened {
         store,

@@ -100,3 +100,110 @@ async fn a_second_hub_on_the_same_data_directory_is_refused() {
         "free again after the stop"
     );
 }
+
+fn files_in(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == ext));
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn snapshots_compact_the_log_and_restarts_read_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config {
+        data_dir: dir.path().to_path_buf(),
+        segment_bytes: 4096,
+        snapshot_min_bytes: 16 * 1024,
+        ..Config::default()
+    };
+    let hub = TestHub::start_with(config()).await;
+    let mut ws = hub.ws().await;
+    // Rewrite the same 20 objects many times: the log grows, the state does not.
+    for round in 0..60 {
+        for i in 0..20 {
+            let call = if round == 0 {
+                json!({"endpoint": "inventory/device", "method": "CREATE",
+                    "data": {"id": format!("d{i}"), "round": round, "pad": "x".repeat(100)}})
+            } else {
+                json!({"endpoint": "inventory/device", "method": "UPDATE",
+                    "objectid": format!("d{i}"), "data": {"round": round}})
+            };
+            let r = ws.call(call).await;
+            assert_eq!(r["success"], true, "{r}");
+        }
+    }
+    // Snapshots are written in the background: wait until one has compacted the log.
+    let log_dir = dir.path().join("log");
+    let snap_dir = dir.path().join("snapshot");
+    for _ in 0..200 {
+        if !files_in(&snap_dir, "snap").is_empty() && files_in(&log_dir, "seg").len() < 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(files_in(&snap_dir, "snap").len(), 1, "one snapshot is kept");
+    let segments = files_in(&log_dir, "seg").len();
+    assert!(
+        segments < 10,
+        "the covered segments were removed ({segments} left)"
+    );
+    let before = ws
+        .call(json!({"endpoint": "inventory/device", "method": "LIST"}))
+        .await;
+    hub.stop().await;
+
+    // A clean stop leaves a snapshot of everything: the restart reads it.
+    let hub = TestHub::start_with(config()).await;
+    let mut ws = hub.ws().await;
+    let after = ws
+        .call(json!({"endpoint": "inventory/device", "method": "LIST"}))
+        .await;
+    assert_eq!(after["count"], 20);
+    assert_eq!(after["data"], before["data"]);
+    assert!(after["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["round"] == 59));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_log_with_missing_segments_is_refused() {
+    use flowhub::log::file::{Durability, FileLog};
+    use flowhub::store::{Store, StoreConfig, WriteOp};
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    // A log of several segments and no snapshot, as a hub that crashed leaves it.
+    let log = FileLog::open(&dir.path().join("log"), Durability::Never, 4096, None).unwrap();
+    let store = Store::restore(StoreConfig::default(), Box::new(log), Vec::new(), 0).unwrap();
+    for i in 0..200 {
+        let data = json!({"i": i, "pad": "y".repeat(64)})
+            .as_object()
+            .unwrap()
+            .clone();
+        let op = WriteOp::Create {
+            endpoint: "a/b".into(),
+            namespace: String::new(),
+            id: None,
+            data,
+        };
+        store.write(op).await.unwrap();
+    }
+    store.close().await;
+    let segments = files_in(&dir.path().join("log"), "seg");
+    assert!(segments.len() > 2, "{segments:?}");
+    let whole = flowhub::server::open(&config).expect("the whole log opens");
+    drop(whole);
+    std::fs::remove_file(&segments[1]).unwrap();
+    let err = flowhub::server::open(&config)
+        .err()
+        .expect("a log with a hole is refused");
+    assert!(err.contains("sequence"), "{err}");
+}

@@ -197,6 +197,20 @@ impl FileLog {
         Ok(())
     }
 
+    /// Closes the current segment: the next append starts a new one, named after its first
+    /// sequence number. A snapshot cuts here, so the segments before it can be removed whole.
+    pub fn rotate(&mut self) -> io::Result<()> {
+        if let Some(old) = self.current.take() {
+            old.file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// The directory of the segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The segment being written and its length (for backups and inspection).
     pub fn current_segment(&self) -> Option<(&Path, u64)> {
         self.current

@@ -12,6 +12,7 @@
 pub mod file;
 pub mod format;
 pub mod recovery;
+pub mod snapshot;
 
 use bytes::Bytes;
 
@@ -35,6 +36,16 @@ pub trait Log: Send + 'static {
     fn append(&mut self, batch: &[LogRecord]) -> std::io::Result<()>;
     /// Whether the log keeps the records at all: a memory-only hub skips building them.
     fn keeps_records(&self) -> bool;
+    /// Whether the log has grown enough since the last snapshot to want a new one; when
+    /// `closing` (a clean stop), whether anything was appended since.
+    fn wants_snapshot(&self, _closing: bool) -> bool {
+        false
+    }
+    /// Takes the whole state as of sequence number `seq` (one entry per live object, in any
+    /// order) as a snapshot, after which the log before it may go. With `wait` the snapshot is
+    /// written before this returns (a clean stop); otherwise in the background while writes
+    /// go on.
+    fn snapshot(&mut self, _seq: u64, _entries: Vec<LogRecord>, _wait: bool) {}
 }
 
 /// No persistence: state lives in memory only and is gone after a restart.

@@ -108,9 +108,17 @@ pub fn recover(dir: &Path, after_seq: u64, repair: bool) -> Result<Recovered, Re
         while damage.is_none() && at < buf.len() {
             match decode(&buf[at..]) {
                 Decoded::Record(rec, used) => {
-                    if rec.seq <= prev_seq {
-                        damage =
-                            Some((at as u64, format!("sequence {} after {prev_seq}", rec.seq)));
+                    // Sequence numbers have no gaps: a refused batch gives its numbers back.
+                    if prev_seq != 0 && rec.seq != prev_seq + 1 {
+                        let why = if rec.seq <= prev_seq {
+                            "out of order"
+                        } else {
+                            "records are missing"
+                        };
+                        damage = Some((
+                            at as u64,
+                            format!("sequence {} after {prev_seq}: {why}", rec.seq),
+                        ));
                         break;
                     }
                     prev_seq = rec.seq;

@@ -74,6 +74,11 @@ impl Collection {
         self.by_id.is_empty()
     }
 
+    /// Every object, in natural order.
+    pub fn records(&self) -> impl Iterator<Item = &Arc<Record>> {
+        self.by_seq.values()
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<Record>> {
         self.by_id.get(id)
     }

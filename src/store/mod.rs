@@ -96,6 +96,26 @@ impl Shared {
             .cloned()
     }
 
+    /// Every live object as a log entry (its version as the sequence number), for a snapshot.
+    fn entries(&self) -> Vec<LogRecord> {
+        let mut out = Vec::new();
+        for ep in self.endpoints.iter() {
+            for ns in ep.namespaces.iter() {
+                let coll = ns.value().read();
+                out.reserve(coll.len());
+                out.extend(coll.records().map(|r| LogRecord {
+                    seq: r.version,
+                    created_seq: r.created_seq,
+                    endpoint: ep.key().clone(),
+                    namespace: ns.key().clone(),
+                    id: r.id.to_string(),
+                    state: Some(r.json.clone()),
+                }));
+            }
+        }
+        out
+    }
+
     /// Applies one committed change (sequencer thread only).
     fn apply(&self, change: &Change) {
         let ep = match self.endpoints.get(&change.endpoint) {

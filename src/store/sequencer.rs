@@ -163,6 +163,10 @@ fn run(
                     });
                     let _ = reply.send(result);
                 }
+                // Between batches the state is exactly the log up to `next_seq - 1`: the cut.
+                if log.wants_snapshot(false) {
+                    log.snapshot(next_seq - 1, shared.entries(), false);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, writes = changes.len(), "log append failed; the batch is not applied");
@@ -172,6 +176,10 @@ fn run(
                 }
             }
         }
+    }
+    // A clean stop: leave a snapshot so the next start reads it instead of the whole log.
+    if log.wants_snapshot(true) {
+        log.snapshot(next_seq - 1, shared.entries(), true);
     }
 }
 

@@ -1,0 +1,329 @@
+//! Snapshots: the whole state at one sequence number, so that the log before it can go.
+//!
+//! A snapshot file `<data_dir>/snapshot/<seq, 20 digits>.snap` holds:
+//!
+//! ```text
+//! "FLOWSNP1"  magic
+//! seq u64 LE  the last commit sequence number the snapshot includes
+//! entries     one log record (see `format`) per live object: its state, version as seq
+//! "FLOWEND1"  end magic
+//! count u64 LE, crc u32 LE   the number of entries and the CRC32C of every byte before `crc`
+//! ```
+//!
+//! It is written to `<name>.tmp`, fsynced, renamed, and the directory fsynced, so a snapshot
+//! file is either whole or absent; the trailer's checksum catches anything else. Only then are
+//! the log segments it covers removed.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::file::{sync_dir, FileLog};
+use super::format::{decode, encode, Decoded};
+use super::recovery::segments;
+use super::{Log, LogRecord};
+
+/// The file log with snapshots: it asks for one when the log written since the last snapshot
+/// is at least as large as that snapshot (and at least `min_bytes`), writes it on a thread of
+/// its own while writes go on, then removes the segments it covers.
+pub struct SnapshottingLog {
+    log: FileLog,
+    dir: PathBuf,
+    min_bytes: u64,
+    /// Bytes appended since the last snapshot's cut.
+    since: u64,
+    /// Size of the last snapshot written (shared with the writer thread).
+    last_size: Arc<AtomicU64>,
+    /// Whether a snapshot is being written; one at a time.
+    busy: Arc<AtomicBool>,
+}
+
+impl SnapshottingLog {
+    /// `last_size`: the size of the snapshot the hub started from (0 without one).
+    pub fn new(log: FileLog, dir: PathBuf, min_bytes: u64, last_size: u64) -> SnapshottingLog {
+        SnapshottingLog {
+            log,
+            dir,
+            min_bytes,
+            since: 0,
+            last_size: Arc::new(AtomicU64::new(last_size)),
+            busy: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Log for SnapshottingLog {
+    fn append(&mut self, batch: &[LogRecord]) -> io::Result<()> {
+        self.log.append(batch)?;
+        self.since += batch
+            .iter()
+            .map(|r| {
+                32 + r.endpoint.len()
+                    + r.namespace.len()
+                    + r.id.len()
+                    + r.state.as_ref().map_or(0, |s| s.len())
+            })
+            .sum::<usize>() as u64;
+        Ok(())
+    }
+
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
+    fn wants_snapshot(&self, closing: bool) -> bool {
+        if closing {
+            return self.since > 0;
+        }
+        !self.busy.load(Ordering::Acquire)
+            && self.since >= self.min_bytes.max(self.last_size.load(Ordering::Relaxed))
+    }
+
+    fn snapshot(&mut self, seq: u64, entries: Vec<LogRecord>, wait: bool) {
+        while self.busy.load(Ordering::Acquire) {
+            if !wait {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Cut the log here: every segment that exists now holds only records up to `seq`.
+        if let Err(e) = self.log.rotate() {
+            tracing::error!(error = %e, "cannot close the log segment for a snapshot; no snapshot taken");
+            return;
+        }
+        let covered = match segments(self.log.dir()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the log segments; no snapshot taken");
+                return;
+            }
+        };
+        self.since = 0;
+        self.busy.store(true, Ordering::Release);
+        let (dir, log_dir) = (self.dir.clone(), self.log.dir().to_path_buf());
+        let (busy, last_size) = (self.busy.clone(), self.last_size.clone());
+        let job = move || {
+            let started = std::time::Instant::now();
+            match write(&dir, seq, &entries) {
+                Ok((path, size)) => {
+                    last_size.store(size, Ordering::Relaxed);
+                    match compact(&dir, &path, &log_dir, &covered) {
+                        Ok(()) => tracing::info!(
+                            seq,
+                            objects = entries.len(),
+                            bytes = size,
+                            segments_removed = covered.len(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "snapshot written"
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "snapshot written, but the log it covers could not all be removed")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, seq, "writing a snapshot failed; the log is kept whole")
+                }
+            }
+            busy.store(false, Ordering::Release);
+        };
+        if wait {
+            job();
+        } else if let Err(e) = std::thread::Builder::new()
+            .name("flowhub-snapshot".into())
+            .spawn(job)
+        {
+            tracing::error!(error = %e, "cannot start the snapshot thread");
+            self.busy.store(false, Ordering::Release);
+        }
+    }
+}
+
+const MAGIC: &[u8; 8] = b"FLOWSNP1";
+const END: &[u8; 8] = b"FLOWEND1";
+
+/// The name of the snapshot at `seq`.
+pub fn snapshot_name(seq: u64) -> String {
+    format!("{seq:020}.snap")
+}
+
+/// Writes a snapshot of `entries` as of `seq` into `dir`; returns its path and size.
+pub fn write(dir: &Path, seq: u64, entries: &[LogRecord]) -> io::Result<(PathBuf, u64)> {
+    fs::create_dir_all(dir)?;
+    let path = dir.join(snapshot_name(seq));
+    let tmp = dir.join(format!("{}.tmp", snapshot_name(seq)));
+    let file = File::create(&tmp)?;
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
+    let mut crc = 0u32;
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut size = 0u64;
+    let mut emit = |out: &mut BufWriter<&File>, bytes: &[u8], crc: &mut u32| -> io::Result<()> {
+        *crc = crc32c::crc32c_append(*crc, bytes);
+        size += bytes.len() as u64;
+        out.write_all(bytes)
+    };
+    emit(&mut out, MAGIC, &mut crc)?;
+    emit(&mut out, &seq.to_le_bytes(), &mut crc)?;
+    for chunk in entries.chunks(256) {
+        buf.clear();
+        for e in chunk {
+            encode(e, &mut buf);
+        }
+        emit(&mut out, &buf, &mut crc)?;
+    }
+    emit(&mut out, END, &mut crc)?;
+    emit(&mut out, &(entries.len() as u64).to_le_bytes(), &mut crc)?;
+    out.write_all(&crc.to_le_bytes())?;
+    out.flush()?;
+    drop(out);
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    Ok((path, size + 4))
+}
+
+/// Reads and checks one snapshot file: its sequence number and entries.
+pub fn read(path: &Path) -> Result<(u64, Vec<LogRecord>), String> {
+    let buf = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bad = |why: &str| format!("snapshot {} is damaged: {why}", path.display());
+    if buf.len() < 8 + 8 + 8 + 8 + 4 || &buf[..8] != MAGIC {
+        return Err(bad("not a snapshot (wrong magic or too short)"));
+    }
+    let body_end = buf.len() - 4;
+    let mut crc_bytes = [0u8; 4];
+    crc_bytes.copy_from_slice(&buf[body_end..]);
+    if crc32c::crc32c(&buf[..body_end]) != u32::from_le_bytes(crc_bytes) {
+        return Err(bad("checksum mismatch"));
+    }
+    let trailer = body_end - 16;
+    if &buf[trailer..trailer + 8] != END {
+        return Err(bad("no end marker"));
+    }
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&buf[trailer + 8..body_end]);
+    let count = u64::from_le_bytes(n);
+    n.copy_from_slice(&buf[8..16]);
+    let seq = u64::from_le_bytes(n);
+    let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 24));
+    let mut at = 16;
+    while at < trailer {
+        match decode(&buf[at..trailer]) {
+            Decoded::Record(rec, used) => {
+                entries.push(rec);
+                at += used;
+            }
+            _ => return Err(bad(&format!("entry at byte {at} does not decode"))),
+        }
+    }
+    if entries.len() as u64 != count {
+        return Err(bad("entry count does not match"));
+    }
+    Ok((seq, entries))
+}
+
+/// The snapshot files of `dir`, newest first. Leftover `.tmp` files (a snapshot cut short by
+/// a crash) are removed.
+pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd.filter_map(Result::ok) {
+                let p = e.path();
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if name.ends_with(".snap.tmp") {
+                    let _ = fs::remove_file(&p);
+                } else if name.ends_with(".snap") {
+                    out.push(p);
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    out.sort();
+    out.reverse();
+    Ok(out)
+}
+
+/// The newest snapshot that reads back whole: its path, sequence number and entries. A newer
+/// damaged one is reported and passed over; the log's continuity check then decides whether
+/// what is left still reaches the present.
+pub fn load_newest(dir: &Path) -> Result<Option<(PathBuf, u64, Vec<LogRecord>)>, String> {
+    let files =
+        list(dir).map_err(|e| format!("cannot list snapshots in {}: {e}", dir.display()))?;
+    for path in files {
+        match read(&path) {
+            Ok((seq, entries)) => return Ok(Some((path, seq, entries))),
+            Err(why) => tracing::error!("{why}; trying an older snapshot"),
+        }
+    }
+    Ok(None)
+}
+
+/// Removes what snapshot `keep` makes unnecessary: older snapshot files, and the log segments
+/// in `covered` (segments whose records all precede the snapshot's sequence number).
+pub fn compact(
+    snapshot_dir: &Path,
+    keep: &Path,
+    log_dir: &Path,
+    covered: &[PathBuf],
+) -> io::Result<()> {
+    for old in list(snapshot_dir)? {
+        if old != keep {
+            fs::remove_file(&old)?;
+        }
+    }
+    for seg in covered {
+        match fs::remove_file(seg) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    sync_dir(snapshot_dir)?;
+    sync_dir(log_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(i: u64) -> LogRecord {
+        LogRecord {
+            seq: i,
+            created_seq: i,
+            endpoint: "a/b".into(),
+            namespace: String::new(),
+            id: format!("o{i}"),
+            state: Some(Bytes::from(format!("{{\"id\":\"o{i}\"}}"))),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_and_damage_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<LogRecord> = (1..=500).map(entry).collect();
+        let (path, size) = write(dir.path(), 777, &entries).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), size);
+        let (seq, back) = read(&path).unwrap();
+        assert_eq!((seq, back.len()), (777, 500));
+        assert_eq!(back[499].id, "o500");
+        let good = fs::read(&path).unwrap();
+        for at in [3, 20, good.len() / 2, good.len() - 10, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            fs::write(&path, &bad).unwrap();
+            assert!(read(&path).is_err(), "flip at {at}");
+        }
+        fs::write(&path, &good[..good.len() - 5]).unwrap();
+        assert!(read(&path).is_err());
+        fs::write(&path, &good).unwrap();
+        fs::write(dir.path().join("00000000000000000999.snap"), b"junk").unwrap();
+        let (p, seq, _) = load_newest(dir.path()).unwrap().unwrap();
+        assert_eq!((p, seq), (path, 777));
+    }
+}
