@@ -207,3 +207,68 @@ async fn a_log_with_missing_segments_is_refused() {
         .expect("a log with a hole is refused");
     assert!(err.contains("sequence"), "{err}");
 }
+
+#[tokio::test]
+async fn a_backup_taken_while_writes_go_on_opens_with_everything_acknowledged_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        segment_bytes: 8192,
+        snapshot_min_bytes: 32 * 1024,
+        ..Config::default()
+    };
+    let hub = TestHub::start_with(config).await;
+    let url = hub.ws_url();
+    let writer = tokio::spawn(async move {
+        let mut ws = common::WsClient::connect(&url).await;
+        for i in 0..600 {
+            let r = ws
+                .call(json!({"endpoint": "b/k", "method": "CREATE", "data": {"id": format!("k{i}"), "pad": "z".repeat(80)}}))
+                .await;
+            assert_eq!(r["success"], true);
+        }
+    });
+    let mut ws = hub.ws().await;
+    // Wait until some writes are acknowledged, then back up while the writer goes on.
+    let acknowledged = loop {
+        let r = ws
+            .call(
+                json!({"endpoint": "b/k", "method": "LIST", "parameters": {"pagination.size": 1}}),
+            )
+            .await;
+        if r["count"].as_u64().unwrap_or(0) >= 200 {
+            break r["count"].as_u64().unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    let dest = tempfile::tempdir().unwrap();
+    let copy = dest.path().join("copy");
+    let b = flowhub::log::backup::backup(dir.path(), &copy).expect("a consistent copy");
+    assert!(
+        b.objects as u64 >= acknowledged,
+        "{b:?} holds every write acknowledged before it"
+    );
+    writer.await.unwrap();
+    hub.stop().await;
+
+    let restored = TestHub::start_with(Config {
+        data_dir: copy.clone(),
+        ..Config::default()
+    })
+    .await;
+    let mut ws = restored.ws().await;
+    let r = ws
+        .call(json!({"endpoint": "b/k", "method": "LIST", "parameters": {"pagination.size": 1}}))
+        .await;
+    assert_eq!(r["count"].as_u64().unwrap() as usize, b.objects);
+    for i in 0..acknowledged {
+        let o = ws
+            .call(json!({"endpoint": "b/k", "method": "OPEN", "objectid": format!("k{i}")}))
+            .await;
+        assert_eq!(
+            o["success"], true,
+            "k{i} was acknowledged before the backup"
+        );
+    }
+    restored.stop().await;
+}

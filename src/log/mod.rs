@@ -9,6 +9,7 @@
 //! directory, group commit, fsync policies; [`recovery`] reads it back) and [`MemoryOnly`]
 //! (state in memory only, for tests and benchmarks). A replicated log plugs in here later.
 
+pub mod backup;
 pub mod file;
 pub mod format;
 pub mod recovery;
