@@ -11,9 +11,10 @@
 //! - IN / NOT_IN: the field equals one / none of the values of an array.
 //! - EXISTS: `true` (or no value) matches a present field, `false` a missing one.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::order::{cmp_numbers, values_equal};
+use super::json::{Fields, JsonRef};
+use super::order::{cmp_numbers, ref_equals, values_equal};
 use super::path::Path;
 
 /// How a group joins its items and subgroups.
@@ -194,8 +195,8 @@ impl Group {
         self.items.is_empty() && self.subgroups.iter().all(Group::is_trivial)
     }
 
-    /// Whether `object` satisfies the group.
-    pub fn matches(&self, object: &Map<String, Value>) -> bool {
+    /// Whether `object` (a tree, or an object's JSON text) satisfies the group.
+    pub fn matches<F: Fields + ?Sized>(&self, object: &F) -> bool {
         let mut parts = self
             .items
             .iter()
@@ -267,13 +268,13 @@ impl Item {
         Ok(Item { path, op, value })
     }
 
-    /// Whether `object` satisfies this comparison.
-    pub fn matches(&self, object: &Map<String, Value>) -> bool {
-        self.test(self.path.get(object))
+    /// Whether `object` (a tree, or an object's JSON text) satisfies this comparison.
+    pub fn matches<F: Fields + ?Sized>(&self, object: &F) -> bool {
+        self.test(object.field(&self.path).as_ref())
     }
 
     /// Tests a field's value (`None`: missing) against this comparison.
-    pub fn test(&self, field: Option<&Value>) -> bool {
+    pub fn test(&self, field: Option<&JsonRef<'_>>) -> bool {
         let want = &self.value;
         match self.op {
             Operator::Equal => equal(field, want),
@@ -285,11 +286,11 @@ impl Item {
             Operator::Contains => contains(field, want),
             Operator::NotContains => !contains(field, want),
             Operator::StartsWith => match (field, want) {
-                (Some(Value::String(f)), Value::String(w)) => f.starts_with(w.as_str()),
+                (Some(JsonRef::Str(f)), Value::String(w)) => f.starts_with(w.as_str()),
                 _ => false,
             },
             Operator::EndsWith => match (field, want) {
-                (Some(Value::String(f)), Value::String(w)) => f.ends_with(w.as_str()),
+                (Some(JsonRef::Str(f)), Value::String(w)) => f.ends_with(w.as_str()),
                 _ => false,
             },
             Operator::In => want
@@ -303,25 +304,27 @@ impl Item {
     }
 }
 
-fn equal(field: Option<&Value>, want: &Value) -> bool {
+fn equal(field: Option<&JsonRef<'_>>, want: &Value) -> bool {
     match field {
         None => want.is_null(),
-        Some(f) => values_equal(f, want),
+        Some(f) => ref_equals(f, want),
     }
 }
 
-fn compare(field: Option<&Value>, want: &Value) -> Option<std::cmp::Ordering> {
+fn compare(field: Option<&JsonRef<'_>>, want: &Value) -> Option<std::cmp::Ordering> {
     match (field?, want) {
-        (Value::Number(f), Value::Number(w)) => Some(cmp_numbers(f, w)),
-        (Value::String(f), Value::String(w)) => Some(f.as_str().cmp(w.as_str())),
+        (JsonRef::Number(f), Value::Number(w)) => Some(cmp_numbers(f, w)),
+        (JsonRef::Str(f), Value::String(w)) => Some(f.as_ref().cmp(w.as_str())),
         _ => None,
     }
 }
 
-fn contains(field: Option<&Value>, want: &Value) -> bool {
+fn contains(field: Option<&JsonRef<'_>>, want: &Value) -> bool {
     match (field, want) {
-        (Some(Value::String(f)), Value::String(w)) => f.contains(w.as_str()),
-        (Some(Value::Array(list)), w) => list.iter().any(|e| values_equal(e, w)),
+        (Some(JsonRef::Str(f)), Value::String(w)) => f.contains(w.as_str()),
+        (Some(JsonRef::Container(c)), w) => c
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| values_equal(e, w))),
         _ => false,
     }
 }

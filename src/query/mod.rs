@@ -5,11 +5,13 @@
 //! parameters into these types; the store plans and runs them against its indexes.
 
 pub mod condition;
+pub mod json;
 pub mod order;
 pub mod path;
 
 pub use condition::{Group, Item, Logic, Operator};
-pub use order::{cmp_values, values_equal};
+pub use json::{Fields, JsonRef};
+pub use order::{cmp_refs, cmp_values, ref_equals, values_equal};
 pub use path::Path;
 
 /// One sort key: a field path and a direction.

@@ -9,6 +9,8 @@ use std::cmp::Ordering;
 
 use serde_json::{Number, Value};
 
+use super::json::JsonRef;
+
 fn rank(v: Option<&Value>) -> u8 {
     match v {
         None => 0,
@@ -66,6 +68,45 @@ pub fn cmp_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
             x.len().cmp(&y.len())
         }
         _ => Ordering::Equal,
+    }
+}
+
+fn ref_rank(v: Option<&JsonRef<'_>>) -> u8 {
+    match v {
+        None => 0,
+        Some(JsonRef::Null) => 1,
+        Some(JsonRef::Bool(_)) => 2,
+        Some(JsonRef::Number(_)) => 3,
+        Some(JsonRef::Str(_)) => 4,
+        Some(JsonRef::Container(c)) if c.is_array() => 5,
+        Some(JsonRef::Container(_)) => 6,
+    }
+}
+
+/// The same total order over field values read from stored text.
+pub fn cmp_refs(a: Option<&JsonRef<'_>>, b: Option<&JsonRef<'_>>) -> Ordering {
+    let (ra, rb) = (ref_rank(a), ref_rank(b));
+    if ra != rb {
+        return ra.cmp(&rb);
+    }
+    match (a, b) {
+        (Some(JsonRef::Bool(x)), Some(JsonRef::Bool(y))) => x.cmp(y),
+        (Some(JsonRef::Number(x)), Some(JsonRef::Number(y))) => cmp_numbers(x, y),
+        (Some(JsonRef::Str(x)), Some(JsonRef::Str(y))) => x.cmp(y),
+        (Some(JsonRef::Container(x)), Some(JsonRef::Container(y))) => cmp_values(Some(x), Some(y)),
+        _ => Ordering::Equal,
+    }
+}
+
+/// Equality between a field read from stored text and a value of a condition.
+pub fn ref_equals(a: &JsonRef<'_>, b: &Value) -> bool {
+    match (a, b) {
+        (JsonRef::Null, Value::Null) => true,
+        (JsonRef::Bool(x), Value::Bool(y)) => x == y,
+        (JsonRef::Number(x), Value::Number(y)) => cmp_numbers(x, y) == Ordering::Equal,
+        (JsonRef::Str(x), Value::String(y)) => x == y,
+        (JsonRef::Container(x), y) => values_equal(x, y),
+        _ => false,
     }
 }
 

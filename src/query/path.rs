@@ -31,6 +31,10 @@ impl Path {
         &self.raw
     }
 
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
     /// The value at this path, or `None` when some segment is missing.
     pub fn get<'a>(&self, object: &'a Map<String, Value>) -> Option<&'a Value> {
         let (first, rest) = self.segments.split_first()?;

@@ -5,11 +5,10 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use super::index::{Candidates, FieldIndex};
 use super::record::Record;
-use crate::query::{cmp_values, Group, ListQuery, Logic, Path, SortKey};
+use crate::query::json::walk;
+use crate::query::{cmp_refs, Fields, Group, JsonRef, ListQuery, Logic, Path, SortKey};
 
 /// How many objects of each JSON type hold a field, for the INDEX catalogue.
 #[derive(Debug, Default, Clone, Copy)]
@@ -23,14 +22,14 @@ pub struct TypeCounts {
 }
 
 impl TypeCounts {
-    fn slot(&mut self, v: &Value) -> &mut u64 {
-        match v {
-            Value::Null => &mut self.null,
-            Value::Bool(_) => &mut self.boolean,
-            Value::Number(_) => &mut self.number,
-            Value::String(_) => &mut self.string,
-            Value::Array(_) => &mut self.array,
-            Value::Object(_) => &mut self.object,
+    fn slot(&mut self, v: &JsonRef<'_>) -> &mut u64 {
+        match v.type_name() {
+            "null" => &mut self.null,
+            "boolean" => &mut self.boolean,
+            "number" => &mut self.number,
+            "string" => &mut self.string,
+            "array" => &mut self.array,
+            _ => &mut self.object,
         }
     }
     pub fn total(&self) -> u64 {
@@ -54,7 +53,6 @@ pub struct Collection {
     /// Natural order: by creation sequence number.
     by_seq: BTreeMap<u64, Arc<Record>>,
     indexes: Vec<FieldIndex>,
-    stats: HashMap<String, TypeCounts>,
 }
 
 impl Collection {
@@ -113,7 +111,6 @@ impl Collection {
         for idx in &mut self.indexes {
             idx.insert(&record);
         }
-        count_fields(&mut self.stats, &record.fields, &mut String::new(), 0, 1);
         self.by_seq.insert(record.created_seq, record.clone());
         self.by_id.insert(record.id.clone(), record);
     }
@@ -125,19 +122,29 @@ impl Collection {
         for idx in &mut self.indexes {
             idx.remove(&old);
         }
-        count_fields(&mut self.stats, &old.fields, &mut String::new(), 0, -1);
         Some(old)
     }
 
-    /// Field statistics for INDEX: path → counts per type, sorted by path.
-    pub fn stats(&self) -> BTreeMap<&str, TypeCounts> {
-        self.stats.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+    /// Field statistics for INDEX: path → counts per type, sorted by path. Read from every
+    /// object when asked (INDEX is an inspection call; writes pay nothing for it).
+    pub fn stats(&self) -> BTreeMap<String, TypeCounts> {
+        let mut stats: BTreeMap<String, TypeCounts> = BTreeMap::new();
+        for r in self.by_seq.values() {
+            walk(&r.json, STATS_DEPTH, &mut |path, v| {
+                let entry = match stats.get_mut(path) {
+                    Some(e) => e,
+                    None => stats.entry(path.to_string()).or_default(),
+                };
+                *entry.slot(v) += 1;
+            });
+        }
+        stats
     }
 
     /// Runs a LIST: candidates from the indexes, the full condition on each, sort, page.
     pub fn list(&self, query: &ListQuery) -> ListResult {
         let condition = query.condition.as_ref().filter(|g| !g.is_trivial());
-        let test = |r: &&Arc<Record>| condition.is_none_or(|g| g.matches(&r.fields));
+        let test = |r: &&Arc<Record>| condition.is_none_or(|g| g.matches(&r.json[..]));
         let matches: Vec<&Arc<Record>> = match condition.and_then(|g| self.candidates(g)) {
             // An exact lookup for the only constraint needs no second test.
             Some(c) if c.exact => c.set.into_values().collect(),
@@ -270,15 +277,15 @@ fn sorted_page(
     end: usize,
 ) -> Vec<Arc<Record>> {
     let k = keys.len();
-    let mut values: Vec<Option<&Value>> = Vec::with_capacity(matches.len() * k);
+    let mut values: Vec<Option<JsonRef<'_>>> = Vec::with_capacity(matches.len() * k);
     let mut order: Vec<(u64, usize)> = Vec::with_capacity(matches.len());
     for (i, r) in matches.iter().enumerate() {
-        values.extend(keys.iter().map(|key| key.path.get(&r.fields)));
+        values.extend(keys.iter().map(|key| r.json.field(&key.path)));
         order.push((r.created_seq, i));
     }
     let cmp = |a: &(u64, usize), b: &(u64, usize)| {
         for (j, key) in keys.iter().enumerate() {
-            let o = cmp_values(values[a.1 * k + j], values[b.1 * k + j]);
+            let o = cmp_refs(values[a.1 * k + j].as_ref(), values[b.1 * k + j].as_ref());
             let o = if key.descending { o.reverse() } else { o };
             if o != Ordering::Equal {
                 return o;
@@ -297,42 +304,11 @@ fn sorted_page(
         .collect()
 }
 
-/// Adds (`delta` 1) or removes (`delta` -1) an object's fields in the statistics. `path` is
-/// a scratch buffer holding the prefix; no allocation happens for a field already counted.
-fn count_fields(
-    stats: &mut HashMap<String, TypeCounts>,
-    fields: &Map<String, Value>,
-    path: &mut String,
-    depth: usize,
-    delta: i64,
-) {
-    let prefix_len = path.len();
-    for (k, v) in fields {
-        if prefix_len > 0 {
-            path.push('.');
-        }
-        path.push_str(k);
-        if let (Value::Object(inner), true) = (v, depth + 1 < STATS_DEPTH) {
-            count_fields(stats, inner, path, depth + 1, delta);
-        }
-        let entry = match stats.get_mut(path.as_str()) {
-            Some(e) => e,
-            None => stats.entry(path.clone()).or_default(),
-        };
-        let slot = entry.slot(v);
-        *slot = slot.saturating_add_signed(delta);
-        if entry.total() == 0 {
-            stats.remove(path.as_str());
-        }
-        path.truncate(prefix_len);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::params::{list_query, normalize};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn coll(indexed: &[&str], objs: &[Value]) -> Collection {
         let paths: Vec<Path> = indexed.iter().map(|p| Path::parse(p).unwrap()).collect();

@@ -18,7 +18,7 @@ use serde_json::{Number, Value};
 
 use super::record::Record;
 use crate::query::order::cmp_numbers;
-use crate::query::{Item, Operator, Path};
+use crate::query::{Fields, Item, JsonRef, Operator, Path};
 
 /// A scalar value as an index key.
 #[derive(Debug, Clone)]
@@ -52,6 +52,19 @@ impl IndexKey {
 
     fn same_class(&self, other: &IndexKey) -> bool {
         self.rank() == other.rank()
+    }
+}
+
+impl IndexKey {
+    /// The key of a field read from stored text; `None` for arrays and objects.
+    pub fn of_ref(v: &JsonRef<'_>) -> Option<IndexKey> {
+        Some(match v {
+            JsonRef::Null => IndexKey::Null,
+            JsonRef::Bool(b) => IndexKey::Bool(*b),
+            JsonRef::Number(n) => IndexKey::Num(n.clone()),
+            JsonRef::Str(s) => IndexKey::Str(s.as_ref().into()),
+            JsonRef::Container(_) => return None,
+        })
     }
 }
 
@@ -109,9 +122,9 @@ impl FieldIndex {
     }
 
     fn slot(&mut self, record: &Record) -> (&mut Postings, Option<IndexKey>) {
-        match self.path.get(&record.fields) {
+        match record.json.field(&self.path) {
             None => (&mut self.missing, None),
-            Some(v) => match IndexKey::of(v) {
+            Some(v) => match IndexKey::of_ref(&v) {
                 Some(k) => (self.keys.entry(k.clone()).or_default(), Some(k)),
                 None => (&mut self.others, None),
             },

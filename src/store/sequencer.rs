@@ -256,7 +256,7 @@ fn prepare(
             let old = current(shared, overlay, changes, &endpoint, &namespace, &id)
                 .ok_or(StoreError::NotFound(id))?;
             check_version(&old, expected)?;
-            let mut fields = old.fields.clone();
+            let mut fields = old.fields();
             for m in MANAGED {
                 patch.shift_remove(m);
             }
