@@ -118,18 +118,30 @@ impl Shared {
 
     /// Applies one committed change (sequencer thread only).
     fn apply(&self, change: &Change) {
-        let ep = match self.endpoints.get(&change.endpoint) {
+        let coll = self.collection_or_create(&change.endpoint, &change.namespace);
+        let mut coll = coll.write();
+        match &change.new {
+            Some(r) => coll.put(r.clone()),
+            None => {
+                coll.remove(&change.id);
+            }
+        }
+    }
+
+    /// The collection of `endpoint` in `namespace`, created (with the endpoint) if new.
+    fn collection_or_create(&self, endpoint: &str, namespace: &str) -> Arc<RwLock<Collection>> {
+        let ep = match self.endpoints.get(endpoint) {
             Some(ep) => ep.clone(),
             None => self
                 .endpoints
-                .entry(change.endpoint.clone())
+                .entry(endpoint.to_string())
                 .or_insert_with(|| {
                     Arc::new(EndpointData {
-                        name: change.endpoint.clone(),
+                        name: endpoint.to_string(),
                         indexed: RwLock::new(
                             self.config
                                 .indexes
-                                .get(&change.endpoint)
+                                .get(endpoint)
                                 .cloned()
                                 .unwrap_or_default(),
                         ),
@@ -139,21 +151,15 @@ impl Shared {
                 })
                 .clone(),
         };
-        let coll = match ep.namespaces.get(&change.namespace) {
+        let coll = match ep.namespaces.get(namespace) {
             Some(c) => c.clone(),
             None => ep
                 .namespaces
-                .entry(change.namespace.clone())
+                .entry(namespace.to_string())
                 .or_insert_with(|| Arc::new(RwLock::new(Collection::new(&ep.indexed.read()))))
                 .clone(),
         };
-        let mut coll = coll.write();
-        match &change.new {
-            Some(r) => coll.put(r.clone()),
-            None => {
-                coll.remove(&change.id);
-            }
-        }
+        coll
     }
 }
 
@@ -189,9 +195,23 @@ impl Store {
             endpoints: DashMap::new(),
             config,
         });
+        // Records come grouped by collection (a snapshot is written collection by collection):
+        // keep the last collection at hand instead of looking it up for every record.
+        let mut current: Option<(String, String, Arc<RwLock<Collection>>)> = None;
         for rec in records {
-            let new = match rec.state {
-                None => None,
+            let coll = match &current {
+                Some((e, n, c)) if *e == rec.endpoint && *n == rec.namespace => c.clone(),
+                _ => {
+                    let c = shared.collection_or_create(&rec.endpoint, &rec.namespace);
+                    current = Some((rec.endpoint.clone(), rec.namespace.clone(), c.clone()));
+                    c
+                }
+            };
+            let mut coll = coll.write();
+            match rec.state {
+                None => {
+                    coll.remove(&rec.id);
+                }
                 Some(json) => {
                     // Written by the hub and checked by its CRC; a non-object would be a bug.
                     if json.first() != Some(&b'{') {
@@ -200,24 +220,15 @@ impl Store {
                             rec.seq
                         ));
                     }
-                    let id: Arc<str> = rec.id.as_str().into();
-                    Some(Arc::new(Record::with_json(
+                    let id: Arc<str> = rec.id.into();
+                    coll.put(Arc::new(Record::with_json(
                         id,
                         rec.created_seq,
                         rec.seq,
                         json,
-                    )))
+                    )));
                 }
-            };
-            let change = Change {
-                seq: rec.seq,
-                endpoint: rec.endpoint,
-                namespace: rec.namespace,
-                id: rec.id.into(),
-                old: None,
-                new,
-            };
-            shared.apply(&change);
+            }
         }
         let (writes, handle) = sequencer::spawn(shared.clone(), log, last_seq + 1)
             .map_err(|e| format!("cannot start the sequencer thread: {e}"))?;
