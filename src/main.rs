@@ -28,6 +28,11 @@ enum Command {
     Serve(ServeArgs),
     /// Make one call over the WebSocket and print the reply.
     Call(flowhub::cli::call::CallArgs),
+    /// Repair a damaged log: keep every record before the damage, move the rest aside
+    /// (takes the data directory's lock: stop the hub first).
+    Repair(flowhub::cli::repair::RepairArgs),
+    /// Inspect the log of a data directory (read only, also while a hub runs).
+    Log(flowhub::cli::log::LogArgs),
 }
 
 #[derive(clap::Args)]
@@ -149,5 +154,7 @@ fn main() -> ExitCode {
             let code = runtime.block_on(flowhub::cli::call::run(args));
             ExitCode::from(code as u8)
         }
+        Command::Repair(args) => ExitCode::from(flowhub::cli::repair::run(args) as u8),
+        Command::Log(args) => ExitCode::from(flowhub::cli::log::run(args) as u8),
     }
 }

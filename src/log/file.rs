@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::format::{encode, MAGIC};
+use super::format::{check, encode, MAGIC};
 use super::{Log, LogRecord};
 
 /// When the log calls fsync.
@@ -77,6 +77,24 @@ impl FileLog {
     ) -> io::Result<FileLog> {
         std::fs::create_dir_all(dir)?;
         let current = match tail {
+            Some((path, good_len)) if good_len < MAGIC.len() as u64 => {
+                // Torn while being created: nothing was ever written to it. Appending into it
+                // would put records after no magic (a segment that reads as damage), so it
+                // goes, and the next append starts it over. Removing takes no disk space: a
+                // hub on a full disk still starts.
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        if let Err(e) = sync_dir(dir) {
+                            tracing::warn!(error = %e, "cannot fsync the log directory");
+                        }
+                    }
+                    // The next segment has this very name and is created truncated anyway.
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot remove a segment torn at creation")
+                    }
+                }
+                None
+            }
             Some((path, good_len)) => {
                 let file = OpenOptions::new().read(true).write(true).open(&path)?;
                 file.set_len(good_len)?;
@@ -167,6 +185,10 @@ impl FileLog {
     }
 
     fn try_append(&mut self, batch: &[LogRecord]) -> io::Result<()> {
+        // A record the framing cannot hold would read back as damage: refuse it unwritten.
+        for rec in batch {
+            check(rec).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        }
         let needs_new = match &self.current {
             None => true,
             Some(seg) => seg.good_len >= self.segment_bytes,

@@ -25,7 +25,35 @@ pub const HEADER_LEN: usize = 16;
 /// The largest payload a record may declare; a larger length is damage, not data.
 pub const MAX_PAYLOAD: usize = 256 << 20;
 
-/// Appends one framed record to `out`.
+/// Whether `rec` fits the framing: names under 64 KiB and a payload within [`MAX_PAYLOAD`].
+/// A record that does not fit must never be written: recovery would refuse it as damage.
+pub fn check(rec: &LogRecord) -> Result<(), String> {
+    for (what, s) in [
+        ("endpoint", &rec.endpoint),
+        ("namespace", &rec.namespace),
+        ("id", &rec.id),
+    ] {
+        if s.len() > usize::from(u16::MAX) {
+            return Err(format!("the {what} of record {} is over 64 KiB", rec.seq));
+        }
+    }
+    let payload = 8
+        + 6
+        + rec.endpoint.len()
+        + rec.namespace.len()
+        + rec.id.len()
+        + 1
+        + rec.state.as_ref().map_or(0, |s| 4 + s.len());
+    if payload > MAX_PAYLOAD {
+        return Err(format!(
+            "record {} is {payload} bytes, over the log's limit of {MAX_PAYLOAD}",
+            rec.seq
+        ));
+    }
+    Ok(())
+}
+
+/// Appends one framed record to `out`. Call [`check`] first: a name over 64 KiB is cut.
 pub fn encode(rec: &LogRecord, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]); // len and crc, filled in below
@@ -162,6 +190,18 @@ mod tests {
         };
         assert_eq!((b.seq, b.state), (8, None));
         assert_eq!(n + m, buf.len());
+    }
+
+    #[test]
+    fn records_that_do_not_fit_are_refused() {
+        assert!(check(&rec(1, Some("{}"))).is_ok());
+        let mut long_id = rec(1, None);
+        long_id.id = "x".repeat(70_000);
+        assert!(check(&long_id).is_err());
+        let mut big = rec(1, None);
+        // Zeroed pages are not touched: this costs no real memory.
+        big.state = Some(Bytes::from(vec![0u8; MAX_PAYLOAD]));
+        assert!(check(&big).is_err());
     }
 
     #[test]
