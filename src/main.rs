@@ -31,6 +31,8 @@ enum Command {
     /// Repair a damaged log: keep every record before the damage, move the rest aside
     /// (takes the data directory's lock: stop the hub first).
     Repair(flowhub::cli::repair::RepairArgs),
+    /// Copy the data directory consistently while the hub runs, and check the copy.
+    Backup(flowhub::cli::backup::BackupArgs),
     /// Inspect the log of a data directory (read only, also while a hub runs).
     Log(flowhub::cli::log::LogArgs),
 }
@@ -155,6 +157,7 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
         Command::Repair(args) => ExitCode::from(flowhub::cli::repair::run(args) as u8),
+        Command::Backup(args) => ExitCode::from(flowhub::cli::backup::run(args) as u8),
         Command::Log(args) => ExitCode::from(flowhub::cli::log::run(args) as u8),
     }
 }

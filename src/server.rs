@@ -91,6 +91,8 @@ pub fn open(config: &Config) -> Result<Opened, String> {
     let log_dir = config.data_dir.join("log");
     let snapshot_dir = config.data_dir.join("snapshot");
     let started = std::time::Instant::now();
+    snapshot::remove_leftovers(&snapshot_dir)
+        .map_err(|e| format!("cannot clean {}: {e}", snapshot_dir.display()))?;
     let (base_seq, mut records, snapshot_size) = match snapshot::load_newest(&snapshot_dir)? {
         Some((path, seq, entries)) => {
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

@@ -272,3 +272,48 @@ async fn a_backup_taken_while_writes_go_on_opens_with_everything_acknowledged_be
     }
     restored.stop().await;
 }
+
+#[tokio::test]
+async fn flowhub_backup_copies_a_running_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_with(config_in(dir.path())).await;
+    let mut ws = hub.ws().await;
+    for i in 0..30 {
+        let r = ws
+            .call(json!({"endpoint": "c/d", "method": "CREATE", "data": {"id": format!("c{i}")}}))
+            .await;
+        assert_eq!(r["success"], true);
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let copy = dest.path().join("copy");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowhub"))
+        .arg("backup")
+        .arg(&copy)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("FLOWHUB_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("30 objects"), "{stdout}");
+    // A second backup into the same place is refused: it would mix two copies.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_flowhub"))
+        .arg("backup")
+        .arg(&copy)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    hub.stop().await;
+    let restored = TestHub::start_with(config_in(&copy)).await;
+    let mut ws = restored.ws().await;
+    let r = ws.call(json!({"endpoint": "c/d", "method": "LIST"})).await;
+    assert_eq!(r["count"], 30);
+    restored.stop().await;
+}

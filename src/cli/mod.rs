@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use crate::config::{Config, Overrides};
 
+pub mod backup;
 pub mod call;
 pub mod log;
 pub mod repair;

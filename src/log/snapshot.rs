@@ -224,18 +224,18 @@ pub fn read(path: &Path) -> Result<(u64, Vec<LogRecord>), String> {
     Ok((seq, entries))
 }
 
-/// The snapshot files of `dir`, newest first. Leftover `.tmp` files (a snapshot cut short by
-/// a crash) are removed.
+/// The snapshot files of `dir`, newest first. Read only: a `.tmp` file may be a snapshot
+/// being written right now by a running hub.
 pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     match fs::read_dir(dir) {
         Ok(rd) => {
             for e in rd.filter_map(Result::ok) {
                 let p = e.path();
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if name.ends_with(".snap.tmp") {
-                    let _ = fs::remove_file(&p);
-                } else if name.ends_with(".snap") {
+                if p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(".snap"))
+                {
                     out.push(p);
                 }
             }
@@ -246,6 +246,27 @@ pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
     out.sort();
     out.reverse();
     Ok(out)
+}
+
+/// Removes `.tmp` files, snapshots cut short by a crash. Only for the hub that holds the
+/// data directory's lock, at start.
+pub fn remove_leftovers(dir: &Path) -> io::Result<()> {
+    match fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd.filter_map(Result::ok) {
+                let p = e.path();
+                if p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(".snap.tmp"))
+                {
+                    fs::remove_file(&p)?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The newest snapshot that reads back whole: its path, sequence number and entries. A newer
@@ -322,6 +343,12 @@ mod tests {
         fs::write(&path, &good[..good.len() - 5]).unwrap();
         assert!(read(&path).is_err());
         fs::write(&path, &good).unwrap();
+        // A snapshot being written is left alone by readers; only the hub's start removes it.
+        fs::write(dir.path().join("00000000000000000888.snap.tmp"), b"partial").unwrap();
+        assert_eq!(list(dir.path()).unwrap(), vec![path.clone()]);
+        assert!(dir.path().join("00000000000000000888.snap.tmp").exists());
+        remove_leftovers(dir.path()).unwrap();
+        assert!(!dir.path().join("00000000000000000888.snap.tmp").exists());
         fs::write(dir.path().join("00000000000000000999.snap"), b"junk").unwrap();
         let (p, seq, _) = load_newest(dir.path()).unwrap().unwrap();
         assert_eq!((p, seq), (path, 777));
