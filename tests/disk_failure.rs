@@ -415,8 +415,6 @@ async fn refused_appends_are_unavailable_and_leave_nothing_behind() {
 /// even where an earlier write of the same batch would have changed its answer (a second
 /// CREATE of one id, an UPDATE after a DELETE).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "the sequencer answers a write of a refused batch with the error it met against the \
-            batch's own unapplied writes (ALREADY_EXISTS, DO_NOT_EXIST) instead of UNAVAILABLE"]
 async fn writes_of_a_refused_batch_are_all_unavailable() {
     let data = tempfile::tempdir().unwrap();
     let log_dir = data.path().join("log");

@@ -148,9 +148,12 @@ impl FileLog {
     }
 
     fn start_segment(&mut self, first_seq: u64) -> io::Result<()> {
-        if let Some(old) = self.current.take() {
+        // The old segment stays current until it is synced: under `interval` or `never` its
+        // tail may not be on disk yet, and a segment left behind unsynced could leave a gap.
+        if let Some(old) = &self.current {
             old.file.sync_all()?;
         }
+        self.current = None;
         let path = self.dir.join(segment_name(first_seq));
         let mut file = OpenOptions::new()
             .read(true)
@@ -222,9 +225,10 @@ impl FileLog {
     /// Closes the current segment: the next append starts a new one, named after its first
     /// sequence number. A snapshot cuts here, so the segments before it can be removed whole.
     pub fn rotate(&mut self) -> io::Result<()> {
-        if let Some(old) = self.current.take() {
+        if let Some(old) = &self.current {
             old.file.sync_all()?;
         }
+        self.current = None;
         Ok(())
     }
 

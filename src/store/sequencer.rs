@@ -171,8 +171,10 @@ fn run(
             Err(e) => {
                 tracing::error!(error = %e, writes = changes.len(), "log append failed; the batch is not applied");
                 next_seq = batch_start;
-                for (reply, outcome) in replies {
-                    let _ = reply.send(outcome.and(Err(StoreError::Unavailable(e.to_string()))));
+                // Every write of the batch, even one refused on its own: it was checked
+                // against the batch's earlier writes, which never happened.
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
                 }
             }
         }
