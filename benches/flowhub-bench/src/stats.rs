@@ -143,10 +143,10 @@ pub fn round(v: f64, digits: i32) -> f64 {
     (v * m).round() / m
 }
 
-/// `a / b`, or `None` when either is missing or `b` is zero.
+/// `a / b` to four decimals, or `None` when either is missing or `b` is zero.
 pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => Some(a / b),
+        (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => Some(round(a / b, 4)),
         _ => None,
     }
 }
