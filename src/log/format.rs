@@ -92,6 +92,16 @@ pub enum Decoded {
 
 /// Decodes the record at the start of `buf`.
 pub fn decode(buf: &[u8]) -> Decoded {
+    decode_with(buf, &|state| Bytes::copy_from_slice(state))
+}
+
+/// Decodes the record at the start of `buf`; its state is a slice of `buf`, not a copy (a
+/// snapshot is read into one buffer that its records then share).
+pub fn decode_shared(buf: &Bytes) -> Decoded {
+    decode_with(buf, &|state| buf.slice_ref(state))
+}
+
+fn decode_with(buf: &[u8], share: &dyn Fn(&[u8]) -> Bytes) -> Decoded {
     if buf.len() < HEADER_LEN {
         return Decoded::Truncated;
     }
@@ -110,13 +120,13 @@ pub fn decode(buf: &[u8]) -> Decoded {
     let mut seq_bytes = [0u8; 8];
     seq_bytes.copy_from_slice(&buf[8..16]);
     let seq = u64::from_le_bytes(seq_bytes);
-    match parse_payload(seq, &buf[HEADER_LEN..total]) {
+    match parse_payload(seq, &buf[HEADER_LEN..total], share) {
         Some(rec) => Decoded::Record(rec, total),
         None => Decoded::Corrupt("payload does not parse".into()),
     }
 }
 
-fn parse_payload(seq: u64, p: &[u8]) -> Option<LogRecord> {
+fn parse_payload(seq: u64, p: &[u8], share: &dyn Fn(&[u8]) -> Bytes) -> Option<LogRecord> {
     let mut at = 0usize;
     let mut take = |n: usize| -> Option<&[u8]> {
         let s = p.get(at..at.checked_add(n)?)?;
@@ -137,7 +147,7 @@ fn parse_payload(seq: u64, p: &[u8]) -> Option<LogRecord> {
         0 => None,
         1 => {
             let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-            Some(Bytes::copy_from_slice(take(len)?))
+            Some(share(take(len)?))
         }
         _ => return None,
     };

@@ -20,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::file::{sync_dir, FileLog};
-use super::format::{decode, encode, Decoded};
+use super::format::{decode_shared, encode, Decoded};
 use super::recovery::segments;
 use super::{Log, LogRecord};
 
@@ -187,7 +189,8 @@ pub fn write(dir: &Path, seq: u64, entries: &[LogRecord]) -> io::Result<(PathBuf
 
 /// Reads and checks one snapshot file: its sequence number and entries.
 pub fn read(path: &Path) -> Result<(u64, Vec<LogRecord>), String> {
-    let buf = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let buf =
+        Bytes::from(fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
     let bad = |why: &str| format!("snapshot {} is damaged: {why}", path.display());
     if buf.len() < 8 + 8 + 8 + 8 + 4 || &buf[..8] != MAGIC {
         return Err(bad("not a snapshot (wrong magic or too short)"));
@@ -210,7 +213,7 @@ pub fn read(path: &Path) -> Result<(u64, Vec<LogRecord>), String> {
     let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 24));
     let mut at = 16;
     while at < trailer {
-        match decode(&buf[at..trailer]) {
+        match decode_shared(&buf.slice(at..trailer)) {
             Decoded::Record(rec, used) => {
                 entries.push(rec);
                 at += used;

@@ -49,7 +49,9 @@ pub struct ListResult {
 /// The objects of one endpoint in one namespace.
 #[derive(Debug, Default)]
 pub struct Collection {
-    by_id: HashMap<Arc<str>, Arc<Record>>,
+    /// Ids are chosen by callers: the hasher is seeded per map (foldhash), fast on short
+    /// keys without being predictable from outside.
+    by_id: HashMap<Arc<str>, Arc<Record>, foldhash::fast::RandomState>,
     /// Natural order: by creation sequence number.
     by_seq: BTreeMap<u64, Arc<Record>>,
     indexes: Vec<FieldIndex>,
@@ -107,12 +109,16 @@ impl Collection {
 
     /// Replaces (or inserts) the object `record.id` with `record`.
     pub fn put(&mut self, record: Arc<Record>) {
-        self.remove(&record.id);
+        if let Some(old) = self.by_id.insert(record.id.clone(), record.clone()) {
+            self.by_seq.remove(&old.created_seq);
+            for idx in &mut self.indexes {
+                idx.remove(&old);
+            }
+        }
         for idx in &mut self.indexes {
             idx.insert(&record);
         }
-        self.by_seq.insert(record.created_seq, record.clone());
-        self.by_id.insert(record.id.clone(), record);
+        self.by_seq.insert(record.created_seq, record);
     }
 
     /// Removes the object `id`, returning its last version.
