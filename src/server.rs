@@ -17,7 +17,7 @@ use crate::dispatch::Dispatcher;
 use crate::log::file::{Durability, FileLog};
 use crate::log::recovery::recover;
 use crate::log::snapshot::{self, SnapshottingLog};
-use crate::log::{Log, MemoryOnly};
+use crate::log::{Log, LogRecord, MemoryOnly};
 use crate::query::Path;
 use crate::store::{Store, StoreConfig};
 use crate::transport::{self, Hub};
@@ -93,14 +93,18 @@ pub fn open(config: &Config) -> Result<Opened, String> {
     let started = std::time::Instant::now();
     snapshot::remove_leftovers(&snapshot_dir)
         .map_err(|e| format!("cannot clean {}: {e}", snapshot_dir.display()))?;
-    let (base_seq, mut records, snapshot_size) = match snapshot::load_newest(&snapshot_dir)? {
-        Some((path, seq, entries)) => {
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            (seq, entries, size)
-        }
-        None => (0, Vec::new(), 0),
-    };
-    let from_snapshot = records.len();
+    // The snapshot's entries are decoded on a thread of their own while this one reads the
+    // log and then builds the state: a start costs about the larger of the two, not the sum.
+    let checked = snapshot::newest_checked(&snapshot_dir)?;
+    let (base_seq, snapshot_size) = checked.as_ref().map_or((0, 0), |c| (c.seq, c.size));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<LogRecord>, String>>(16);
+    let decoder = checked.map(|c| {
+        std::thread::spawn(move || {
+            if let Err(e) = c.decode(4096, |chunk| tx.send(Ok(chunk)).is_ok()) {
+                let _ = tx.send(Err(e));
+            }
+        })
+    });
     let recovered = recover(&log_dir, base_seq, false).map_err(|e| e.to_string())?;
     // The log must continue exactly where the snapshot ends: sequence numbers have no gaps.
     if let Some(first) = recovered.records.first() {
@@ -115,7 +119,6 @@ pub fn open(config: &Config) -> Result<Opened, String> {
     }
     let from_log = recovered.records.len();
     let last_seq = recovered.last_seq.max(base_seq);
-    records.extend(recovered.records);
     let file_log = FileLog::open(&log_dir, policy, config.segment_bytes, recovered.tail)
         .map_err(|e| format!("cannot open the log in {}: {e}", log_dir.display()))?;
     let log = SnapshottingLog::new(
@@ -124,12 +127,31 @@ pub fn open(config: &Config) -> Result<Opened, String> {
         config.snapshot_min_bytes,
         snapshot_size,
     );
+    let mut from_snapshot = 0usize;
+    let mut damage: Option<String> = None;
+    let snapshot_entries = rx.iter().map_while(|chunk| match chunk {
+        Ok(c) => {
+            from_snapshot += c.len();
+            Some(c)
+        }
+        Err(e) => {
+            damage = Some(e);
+            None
+        }
+    });
+    let records = snapshot_entries.flatten().chain(recovered.records);
     let store = Store::restore(
         store_config(config),
         Box::new(log) as Box<dyn Log>,
         records,
         last_seq,
     )?;
+    if let Some(d) = decoder {
+        let _ = d.join();
+    }
+    if let Some(e) = damage {
+        return Err(e);
+    }
     tracing::info!(
         from_snapshot,
         from_log,

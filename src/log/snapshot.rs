@@ -187,44 +187,109 @@ pub fn write(dir: &Path, seq: u64, entries: &[LogRecord]) -> io::Result<(PathBuf
     Ok((path, size + 4))
 }
 
+/// A snapshot file read and checked whole (magic, end marker, checksum), its entries not yet
+/// decoded: a start decodes them on one thread while it builds the state on another.
+pub struct Checked {
+    pub path: PathBuf,
+    /// The last commit sequence number the snapshot includes.
+    pub seq: u64,
+    /// Its size on disk.
+    pub size: u64,
+    count: u64,
+    /// The bytes of the entries; records decoded from them share this buffer.
+    entries: Bytes,
+}
+
+impl Checked {
+    /// Reads `path` and checks it whole.
+    pub fn open(path: &Path) -> Result<Checked, String> {
+        let buf = Bytes::from(
+            fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        );
+        let bad = |why: &str| format!("snapshot {} is damaged: {why}", path.display());
+        if buf.len() < 8 + 8 + 8 + 8 + 4 || &buf[..8] != MAGIC {
+            return Err(bad("not a snapshot (wrong magic or too short)"));
+        }
+        let body_end = buf.len() - 4;
+        let mut crc_bytes = [0u8; 4];
+        crc_bytes.copy_from_slice(&buf[body_end..]);
+        if crc32c::crc32c(&buf[..body_end]) != u32::from_le_bytes(crc_bytes) {
+            return Err(bad("checksum mismatch"));
+        }
+        let trailer = body_end - 16;
+        if &buf[trailer..trailer + 8] != END {
+            return Err(bad("no end marker"));
+        }
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&buf[trailer + 8..body_end]);
+        let count = u64::from_le_bytes(n);
+        n.copy_from_slice(&buf[8..16]);
+        let seq = u64::from_le_bytes(n);
+        Ok(Checked {
+            path: path.to_path_buf(),
+            seq,
+            size: buf.len() as u64,
+            count,
+            entries: buf.slice(16..trailer),
+        })
+    }
+
+    /// Decodes the entries and hands them to `sink` in chunks of up to `chunk`; stops early
+    /// when `sink` returns false.
+    pub fn decode(
+        &self,
+        chunk: usize,
+        mut sink: impl FnMut(Vec<LogRecord>) -> bool,
+    ) -> Result<(), String> {
+        let bad = |why: &str| format!("snapshot {} is damaged: {why}", self.path.display());
+        let mut at = 0;
+        let mut seen = 0u64;
+        let mut out = Vec::with_capacity(chunk);
+        while at < self.entries.len() {
+            match decode_shared(&self.entries.slice(at..)) {
+                Decoded::Record(rec, used) => {
+                    out.push(rec);
+                    at += used;
+                    seen += 1;
+                }
+                _ => return Err(bad(&format!("entry at byte {} does not decode", at + 16))),
+            }
+            if out.len() == chunk && !sink(std::mem::replace(&mut out, Vec::with_capacity(chunk))) {
+                return Ok(());
+            }
+        }
+        if seen != self.count {
+            return Err(bad("entry count does not match"));
+        }
+        if !out.is_empty() {
+            sink(out);
+        }
+        Ok(())
+    }
+}
+
 /// Reads and checks one snapshot file: its sequence number and entries.
 pub fn read(path: &Path) -> Result<(u64, Vec<LogRecord>), String> {
-    let buf =
-        Bytes::from(fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
-    let bad = |why: &str| format!("snapshot {} is damaged: {why}", path.display());
-    if buf.len() < 8 + 8 + 8 + 8 + 4 || &buf[..8] != MAGIC {
-        return Err(bad("not a snapshot (wrong magic or too short)"));
-    }
-    let body_end = buf.len() - 4;
-    let mut crc_bytes = [0u8; 4];
-    crc_bytes.copy_from_slice(&buf[body_end..]);
-    if crc32c::crc32c(&buf[..body_end]) != u32::from_le_bytes(crc_bytes) {
-        return Err(bad("checksum mismatch"));
-    }
-    let trailer = body_end - 16;
-    if &buf[trailer..trailer + 8] != END {
-        return Err(bad("no end marker"));
-    }
-    let mut n = [0u8; 8];
-    n.copy_from_slice(&buf[trailer + 8..body_end]);
-    let count = u64::from_le_bytes(n);
-    n.copy_from_slice(&buf[8..16]);
-    let seq = u64::from_le_bytes(n);
-    let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 24));
-    let mut at = 16;
-    while at < trailer {
-        match decode_shared(&buf.slice(at..trailer)) {
-            Decoded::Record(rec, used) => {
-                entries.push(rec);
-                at += used;
-            }
-            _ => return Err(bad(&format!("entry at byte {at} does not decode"))),
+    let checked = Checked::open(path)?;
+    let mut entries = Vec::with_capacity(usize::try_from(checked.count).unwrap_or(0).min(1 << 24));
+    checked.decode(4096, |chunk| {
+        entries.extend(chunk);
+        true
+    })?;
+    Ok((checked.seq, entries))
+}
+
+/// The newest snapshot of `dir` that is whole, checked but not decoded.
+pub fn newest_checked(dir: &Path) -> Result<Option<Checked>, String> {
+    let files =
+        list(dir).map_err(|e| format!("cannot list snapshots in {}: {e}", dir.display()))?;
+    for path in files {
+        match Checked::open(&path) {
+            Ok(c) => return Ok(Some(c)),
+            Err(why) => tracing::error!("{why}; trying an older snapshot"),
         }
     }
-    if entries.len() as u64 != count {
-        return Err(bad("entry count does not match"));
-    }
-    Ok((seq, entries))
+    Ok(None)
 }
 
 /// The snapshot files of `dir`, newest first. Read only: a `.tmp` file may be a snapshot

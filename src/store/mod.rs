@@ -188,7 +188,7 @@ impl Store {
     pub fn restore(
         config: StoreConfig,
         log: Box<dyn Log>,
-        records: Vec<LogRecord>,
+        records: impl IntoIterator<Item = LogRecord>,
         last_seq: u64,
     ) -> Result<Store, String> {
         let shared = Arc::new(Shared {
