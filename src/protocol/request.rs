@@ -65,11 +65,6 @@ impl Method {
     pub fn needs_data(self) -> bool {
         matches!(self, Method::Create | Method::Update | Method::Run)
     }
-
-    /// Whether the method changes nothing (safe to retry, served from memory).
-    pub fn is_read(self) -> bool {
-        matches!(self, Method::List | Method::Open | Method::Index)
-    }
 }
 
 impl std::fmt::Display for Method {

@@ -68,7 +68,6 @@ impl Default for StoreConfig {
 /// One hub-stored endpoint: its indexed fields and its namespaces.
 #[derive(Debug)]
 pub struct EndpointData {
-    pub name: String,
     indexed: RwLock<Vec<Path>>,
     auto_indexes: RwLock<usize>,
     namespaces: DashMap<String, Arc<RwLock<Collection>>>,
@@ -137,7 +136,6 @@ impl Shared {
                 .entry(endpoint.to_string())
                 .or_insert_with(|| {
                     Arc::new(EndpointData {
-                        name: endpoint.to_string(),
                         indexed: RwLock::new(
                             self.config
                                 .indexes
