@@ -21,7 +21,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::file::sync_dir;
-use super::format::{decode, Decoded, HEADER_LEN, MAGIC};
+use bytes::Bytes;
+
+use super::format::{decode, decode_shared, Decoded, HEADER_LEN, MAGIC};
 use super::LogRecord;
 
 /// Damage that stops the start.
@@ -174,8 +176,9 @@ enum At {
     Bad(String),
 }
 
-fn read_at(buf: &[u8], at: usize, last: bool) -> At {
-    match decode(&buf[at..]) {
+fn read_at(buf: &Bytes, at: usize, last: bool) -> At {
+    // Records share the segment's buffer rather than copying their state out of it.
+    match decode_shared(&buf.slice(at..)) {
         Decoded::Record(rec, used) => At::Record(rec, used),
         _ if last && !intact_record_after(&buf[at..]) => At::Torn,
         Decoded::Truncated if last => {
@@ -344,7 +347,7 @@ pub fn recover(dir: &Path, after_seq: u64, repair: bool) -> Result<Recovered, Re
             prev_seq = 0;
             continue;
         }
-        let buf = std::fs::read(path).map_err(|e| io_at(path, e))?;
+        let buf = Bytes::from(std::fs::read(path).map_err(|e| io_at(path, e))?);
         let mut damage: Option<(u64, String)> = None;
         let mut at = MAGIC.len();
         match head(&buf, last) {
@@ -482,7 +485,7 @@ pub fn inspect(
     for (n, path) in files.iter().enumerate() {
         let last = n + 1 == files.len();
         let buf = match std::fs::read(path) {
-            Ok(b) => b,
+            Ok(b) => Bytes::from(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 out.vanished.push(path.clone());
                 continue;
