@@ -16,11 +16,12 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -103,48 +104,7 @@ impl HubProcess {
 
     /// Starts the hub and waits for the line with its address.
     fn start(data: &Path) -> HubProcess {
-        let mut child = Self::command(data).stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<Value>();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let fields = &line["fields"];
-                    if fields["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("flowhub listening"))
-                    {
-                        break fields["addr"].as_str().unwrap().parse().unwrap();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "the hub did not start on {}; its log:\n{}",
-                        data.display(),
-                        stderr.lock().unwrap()
-                    );
-                }
-            }
-        };
+        let (child, addr, stderr) = common::spawn_serve(Self::command(data).stderr(Stdio::piped()));
         HubProcess {
             child,
             addr,

@@ -11,6 +11,8 @@
 //!   test says why and skips.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -472,11 +474,11 @@ async fn writes_of_a_refused_batch_are_all_unavailable() {
 // A real full disk
 
 mod full_disk {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::net::SocketAddr;
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
-    use std::sync::{mpsc, Arc, Mutex};
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use serde_json::{json, Value};
@@ -563,8 +565,8 @@ mod full_disk {
 
     impl HubProcess {
         pub fn start(data: &Path) -> HubProcess {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_flowhub"))
-                .arg("serve")
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowhub"));
+            cmd.arg("serve")
                 .env_clear()
                 .env("FLOWHUB_LISTEN", "127.0.0.1:0")
                 .env("FLOWHUB_LOG_FORMAT", "json")
@@ -574,50 +576,8 @@ mod full_disk {
                 .env("FLOWHUB_SEGMENT_BYTES", "4096")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let stderr = Arc::new(Mutex::new(String::new()));
-            let (tx, rx) = mpsc::channel::<Value>();
-            let pipe = child.stderr.take().unwrap();
-            let log = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    {
-                        let mut log = log.lock().unwrap();
-                        log.push_str(&line);
-                        log.push('\n');
-                    }
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        let _ = tx.send(v);
-                    }
-                }
-            });
-            let deadline = Instant::now() + WAIT;
-            let addr = loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(line) => {
-                        let fields = &line["fields"];
-                        if fields["message"]
-                            .as_str()
-                            .is_some_and(|m| m.starts_with("flowhub listening"))
-                        {
-                            break fields["addr"].as_str().unwrap().parse().unwrap();
-                        }
-                    }
-                    Err(_) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        panic!(
-                            "the hub did not start on {}; its log:\n{}",
-                            data.display(),
-                            stderr.lock().unwrap()
-                        );
-                    }
-                }
-            };
+                .stderr(Stdio::piped());
+            let (child, addr, stderr) = crate::common::spawn_serve(&mut cmd);
             HubProcess {
                 child,
                 addr,

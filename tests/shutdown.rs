@@ -5,11 +5,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Enc, WsClient};
@@ -56,43 +55,7 @@ impl HubProcess {
     /// Starts the hub and waits for the log line with the address it listens on.
     fn start(args: &[&str], env: &[(&str, &str)]) -> HubProcess {
         let data = tempfile::tempdir().unwrap();
-        let mut child = command(args, env, data.path()).spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<Value>();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                log.lock().unwrap().push_str(&line);
-                log.lock().unwrap().push('\n');
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let fields = &line["fields"];
-                    if fields["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("flowhub listening"))
-                    {
-                        break fields["addr"].as_str().unwrap().parse().unwrap();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "no listening line within 30 s; stderr:\n{}",
-                        stderr.lock().unwrap()
-                    );
-                }
-            }
-        };
+        let (child, addr, stderr) = common::spawn_serve(&mut command(args, env, data.path()));
         HubProcess {
             child,
             addr,

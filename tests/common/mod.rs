@@ -229,3 +229,60 @@ impl WsClient {
         self.call_enc(frame, Enc::Json).await
     }
 }
+
+/// Spawns a `flowhub serve` command (JSON logs on a piped stderr) and waits for the log line
+/// with the address it listens on. Returns the child, that address, and its log so far (kept
+/// up to date by a thread). Panics with the log when no such line comes within 30 s.
+pub fn spawn_serve(
+    cmd: &mut std::process::Command,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::Instant;
+    let mut child = cmd.spawn().unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel::<Value>();
+    let pipe = child.stderr.take().expect("stderr is piped");
+    let log = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let fields = &line["fields"];
+                if fields["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("flowhub listening"))
+                {
+                    let addr = fields["addr"].as_str().unwrap().parse().unwrap();
+                    return (child, addr, stderr);
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the hub did not start; its log:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        }
+    }
+}
