@@ -229,19 +229,7 @@ async fn hub_writers(hub: &Hub, writers: usize, plan: &Plan) -> Res<Sample> {
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(h)
         }));
     }
-    tokio::time::sleep_until(window.start.into()).await;
-    let cpu0 = hub.cpu();
-    tokio::time::sleep_until(window.end.into()).await;
-    let cpu1 = hub.cpu();
-    let mut parts = Vec::with_capacity(writers);
-    for t in tasks {
-        parts.push(t.await??);
-    }
-    Ok(Sample::new(
-        stats::merge(parts),
-        window.secs(),
-        Some(cpu1 - cpu0),
-    ))
+    window.collect(tasks, || hub.cpu()).await
 }
 
 /// The floor: `writers` threads, each appending to its own file and calling `sync_data`

@@ -284,19 +284,7 @@ async fn hub_queries(hub: &Hub, frames: &[String], sockets: usize, plan: &Plan) 
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(h)
         }));
     }
-    tokio::time::sleep_until(window.start.into()).await;
-    let cpu0 = hub.cpu();
-    tokio::time::sleep_until(window.end.into()).await;
-    let cpu1 = hub.cpu();
-    let mut parts = Vec::with_capacity(sockets);
-    for t in tasks {
-        parts.push(t.await??);
-    }
-    Ok(Sample::new(
-        stats::merge(parts),
-        window.secs(),
-        Some(cpu1 - cpu0),
-    ))
+    window.collect(tasks, || hub.cpu()).await
 }
 
 fn sqlite_load(addrs: &[Address]) -> Res<Connection> {

@@ -215,19 +215,7 @@ impl Redis {
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(h)
             }));
         }
-        tokio::time::sleep_until(window.start.into()).await;
-        let cpu0 = self.cpu();
-        tokio::time::sleep_until(window.end.into()).await;
-        let cpu1 = self.cpu();
-        let mut parts = Vec::with_capacity(writers);
-        for t in tasks {
-            parts.push(t.await??);
-        }
-        Ok(Sample::new(
-            stats::merge(parts),
-            window.secs(),
-            Some(cpu1 - cpu0),
-        ))
+        window.collect(tasks, || self.cpu()).await
     }
 }
 

@@ -37,6 +37,24 @@ impl Window {
         Instant::now() < self.end
     }
 
+    /// Waits out the window, reading `cpu` (seconds) at its start and at its end, then
+    /// gathers the clients' histograms into one sample.
+    pub async fn collect(
+        &self,
+        tasks: Vec<tokio::task::JoinHandle<crate::Res<Histogram<u64>>>>,
+        cpu: impl Fn() -> f64,
+    ) -> crate::Res<Sample> {
+        tokio::time::sleep_until(self.start.into()).await;
+        let cpu0 = cpu();
+        tokio::time::sleep_until(self.end.into()).await;
+        let cpu1 = cpu();
+        let mut parts = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            parts.push(t.await??);
+        }
+        Ok(Sample::new(merge(parts), self.secs(), Some(cpu1 - cpu0)))
+    }
+
     /// Records an operation that began at `began` and completed now, if it counts.
     pub fn record(&self, h: &mut Histogram<u64>, began: Instant) -> Instant {
         let done = Instant::now();
