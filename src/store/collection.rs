@@ -153,8 +153,8 @@ impl Collection {
         let test = |r: &&Arc<Record>| condition.is_none_or(|g| g.matches(&r.json[..]));
         let matches: Vec<&Arc<Record>> = match condition.and_then(|g| self.candidates(g)) {
             // An exact lookup for the only constraint needs no second test.
-            Some(c) if c.exact => c.set.into_values().collect(),
-            Some(c) => c.set.into_values().filter(test).collect(),
+            Some(c) if c.exact => c.records(),
+            Some(c) => c.records().into_iter().filter(test).collect(),
             None if condition.is_none() => {
                 if query.sort.is_empty() {
                     // Natural order, nothing to test: the page straight from the ordered map.
@@ -242,20 +242,15 @@ impl Collection {
         match group.logic {
             // Any narrowed part bounds an AND: take the smallest. It is exact only when it is
             // the group's one constraint.
-            Logic::And => parts.flatten().min_by_key(|c| c.set.len()).map(|mut c| {
+            Logic::And => parts.flatten().min_by_key(|c| c.len()).map(|mut c| {
                 c.exact &= constraints == 1;
                 c
             }),
             // An OR is bounded only when every part is, and exact when every part is.
             Logic::Or => {
-                let mut all = Candidates {
-                    set: BTreeMap::new(),
-                    exact: true,
-                };
+                let mut all = Candidates::new();
                 for p in parts {
-                    let p = p?;
-                    all.exact &= p.exact;
-                    all.set.extend(p.set);
+                    all = all.union(p?);
                 }
                 Some(all)
             }

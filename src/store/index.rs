@@ -93,11 +93,63 @@ impl Eq for IndexKey {}
 /// Records by creation sequence number.
 pub type Postings = BTreeMap<u64, Arc<Record>>;
 
-/// The result of an index lookup: candidates in creation order, and whether they are exactly
-/// the objects that satisfy the item.
+/// The result of an index lookup: the union of some posting sets, and whether it is exactly
+/// the objects that satisfy the item. The sets are merged only when there are several: the
+/// common lookup (one EQUAL) hands its posting set over as it is.
 pub struct Candidates<'a> {
-    pub set: BTreeMap<u64, &'a Arc<Record>>,
+    parts: Vec<&'a Postings>,
     pub exact: bool,
+}
+
+impl<'a> Candidates<'a> {
+    pub fn new() -> Candidates<'a> {
+        Candidates {
+            parts: Vec::new(),
+            exact: true,
+        }
+    }
+
+    /// At most this many objects (the sets may overlap).
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.is_empty())
+    }
+
+    /// The union of `self` and `other`.
+    pub fn union(mut self, other: Candidates<'a>) -> Candidates<'a> {
+        self.parts.extend(other.parts);
+        self.exact &= other.exact;
+        self
+    }
+
+    /// Whether the object created at `seq` is a candidate.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.parts.iter().any(|p| p.contains_key(&seq))
+    }
+
+    /// The candidates, each once, in creation order.
+    pub fn records(self) -> Vec<&'a Arc<Record>> {
+        match self.parts.as_slice() {
+            [] => Vec::new(),
+            [one] => one.values().collect(),
+            many => {
+                let mut merged: BTreeMap<u64, &'a Arc<Record>> = BTreeMap::new();
+                for p in many {
+                    merged.extend(p.iter().map(|(k, v)| (*k, v)));
+                }
+                merged.into_values().collect()
+            }
+        }
+    }
+}
+
+impl Default for Candidates<'_> {
+    fn default() -> Self {
+        Candidates::new()
+    }
 }
 
 /// The index of one field path in one collection.
@@ -173,10 +225,7 @@ impl FieldIndex {
     /// Candidates for one condition item on this path, or `None` when the index cannot narrow
     /// the operator (the executor then scans).
     pub fn candidates(&self, item: &Item) -> Option<Candidates<'_>> {
-        let mut out = Candidates {
-            set: BTreeMap::new(),
-            exact: true,
-        };
+        let mut out = Candidates::new();
         match item.op {
             Operator::Equal => self.equal_into(&item.value, &mut out),
             Operator::In => {
@@ -238,7 +287,9 @@ impl FieldIndex {
 }
 
 fn extend<'a>(out: &mut Candidates<'a>, set: &'a Postings) {
-    out.set.extend(set.iter().map(|(k, v)| (*k, v)));
+    if !set.is_empty() {
+        out.parts.push(set);
+    }
 }
 
 #[cfg(test)]
@@ -299,20 +350,14 @@ mod tests {
             let got = idx.candidates(&it).unwrap();
             for (i, o) in objs.iter().enumerate() {
                 if it.matches(o.as_object().unwrap()) {
-                    assert!(
-                        got.set.contains_key(&(i as u64)),
-                        "{op} {v}: object {o} missing"
-                    );
+                    assert!(got.contains(i as u64), "{op} {v}: object {o} missing");
                 } else if got.exact {
-                    assert!(
-                        !got.set.contains_key(&(i as u64)),
-                        "{op} {v}: exact lookup holds {o}"
-                    );
+                    assert!(!got.contains(i as u64), "{op} {v}: exact lookup holds {o}");
                 }
             }
         }
         idx.remove(&records[1]);
         let after = idx.candidates(&item("EQUAL", json!(2))).unwrap();
-        assert!(!after.set.contains_key(&1));
+        assert!(!after.contains(1));
     }
 }
