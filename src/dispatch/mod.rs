@@ -77,12 +77,12 @@ impl Dispatcher {
 
     async fn route(&self, req: &mut Request) -> Result<Success, FlowError> {
         req.validate()?;
-        let known = self.registry.get(&req.endpoint);
-        if let (Some(app), Some(info)) = (&req.application, &known) {
-            if *app != info.application {
+        let known = self.registry.application(&req.endpoint);
+        if let (Some(app), Some(owner)) = (&req.application, known) {
+            if app != owner {
                 return Err(FlowError::not_found(format!(
-                    "endpoint {} is served by application {}, not {app}",
-                    req.endpoint, info.application
+                    "endpoint {} is served by application {owner}, not {app}",
+                    req.endpoint
                 )));
             }
         }

@@ -40,13 +40,12 @@ impl Registry {
         Registry { store }
     }
 
-    /// Looks an endpoint up.
-    pub fn get(&self, endpoint: &str) -> Option<EndpointInfo> {
-        self.store.has_endpoint(endpoint).then(|| EndpointInfo {
-            endpoint: endpoint.to_string(),
-            application: stored_application(endpoint).to_string(),
-            kind: Kind::Stored,
-        })
+    /// The application of a known endpoint, `None` when the endpoint is unknown. Cheap: it
+    /// runs on every call.
+    pub fn application<'e>(&self, endpoint: &'e str) -> Option<&'e str> {
+        self.store
+            .has_endpoint(endpoint)
+            .then(|| stored_application(endpoint))
     }
 
     /// Whether an endpoint of this name is known.

@@ -15,7 +15,30 @@ pub mod format;
 pub mod recovery;
 pub mod snapshot;
 
+use std::io;
+use std::path::{Path, PathBuf};
+
 use bytes::Bytes;
+
+/// The files of `dir` whose names end in `suffix`, sorted by name; none when `dir` does not
+/// exist.
+pub fn files_ending(dir: &Path, suffix: &str) -> io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(suffix))
+            })
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    out.sort();
+    Ok(out)
+}
 
 /// One committed write as the log stores it: the full new state, or a tombstone.
 #[derive(Debug, Clone)]

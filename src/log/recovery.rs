@@ -113,16 +113,8 @@ pub fn segment_seq(path: &Path) -> Option<u64> {
 
 /// The segment files of `dir` (`<20 digits>.seg`), in order.
 pub fn segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "seg") && segment_seq(p).is_some())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    out.sort();
+    let mut out = super::files_ending(dir, ".seg")?;
+    out.retain(|p| segment_seq(p).is_some());
     Ok(out)
 }
 

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use super::file::{sync_dir, FileLog};
 use super::format::{decode_shared, encode, Decoded};
 use super::recovery::segments;
-use super::{Log, LogRecord};
+use super::{files_ending, Log, LogRecord};
 
 /// The file log with snapshots: it asks for one when the log written since the last snapshot
 /// is at least as large as that snapshot (and at least `min_bytes`), writes it on a thread of
@@ -295,23 +295,7 @@ pub fn newest_checked(dir: &Path) -> Result<Option<Checked>, String> {
 /// The snapshot files of `dir`, newest first. Read only: a `.tmp` file may be a snapshot
 /// being written right now by a running hub.
 pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    match fs::read_dir(dir) {
-        Ok(rd) => {
-            for e in rd.filter_map(Result::ok) {
-                let p = e.path();
-                if p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(".snap"))
-                {
-                    out.push(p);
-                }
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    out.sort();
+    let mut out = files_ending(dir, ".snap")?;
     out.reverse();
     Ok(out)
 }
@@ -319,22 +303,10 @@ pub fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// Removes `.tmp` files, snapshots cut short by a crash. Only for the hub that holds the
 /// data directory's lock, at start.
 pub fn remove_leftovers(dir: &Path) -> io::Result<()> {
-    match fs::read_dir(dir) {
-        Ok(rd) => {
-            for e in rd.filter_map(Result::ok) {
-                let p = e.path();
-                if p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(".snap.tmp"))
-                {
-                    fs::remove_file(&p)?;
-                }
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    for p in files_ending(dir, ".snap.tmp")? {
+        fs::remove_file(&p)?;
     }
+    Ok(())
 }
 
 /// The newest snapshot that reads back whole: its path, sequence number and entries. A newer
