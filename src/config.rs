@@ -60,6 +60,11 @@ pub struct Config {
     pub max_list_items: usize,
     /// Fields indexed from the start, per endpoint: `"address/address" = ["city"]`.
     pub index: BTreeMap<String, Vec<String>>,
+    /// How long a call routed to a provider may take before the caller gets
+    /// `PROVIDER_TIMEOUT`; a caller may ask for less, never more.
+    pub call_timeout_ms: u64,
+    /// `call_timeout_ms` per endpoint: `"scheduler/queue" = 60000`.
+    pub call_timeout: BTreeMap<String, u64>,
 }
 
 impl Default for Config {
@@ -84,6 +89,8 @@ impl Default for Config {
             auto_index_min: 1000,
             max_list_items: 10_000,
             index: BTreeMap::new(),
+            call_timeout_ms: 10_000,
+            call_timeout: BTreeMap::new(),
         }
     }
 }
@@ -167,6 +174,7 @@ impl Config {
                 "SHUTDOWN_GRACE_MS" => self.shutdown_grace_ms = num(&key, &v)?,
                 "AUTO_INDEX_MIN" => self.auto_index_min = num(&key, &v)?,
                 "MAX_LIST_ITEMS" => self.max_list_items = num(&key, &v)?,
+                "CALL_TIMEOUT_MS" => self.call_timeout_ms = num(&key, &v)?,
                 _ => {}
             }
         }
@@ -221,6 +229,7 @@ impl Config {
         for (name, v) in [
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("shutdown_grace_ms", self.shutdown_grace_ms),
+            ("call_timeout_ms", self.call_timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -231,6 +240,13 @@ impl Config {
         }
         if self.max_depth > 128 {
             return Err("max_depth must be at most 128".into());
+        }
+        for (endpoint, ms) in &self.call_timeout {
+            crate::protocol::request::validate_endpoint(endpoint)
+                .map_err(|e| format!("call_timeout: {}", e.message))?;
+            if *ms == 0 {
+                return Err(format!("call_timeout.{endpoint:?} must be at least 1"));
+            }
         }
         for (endpoint, fields) in &self.index {
             crate::protocol::request::validate_endpoint(endpoint)

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod log;
 pub mod protocol;
 pub mod query;
+pub mod router;
 pub mod server;
 pub mod store;
 pub mod transport;

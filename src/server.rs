@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::router::{Deadlines, Router};
 use crate::log::file::{Durability, FileLog};
 use crate::log::recovery::recover;
 use crate::log::snapshot::{self, SnapshottingLog};
@@ -178,7 +179,11 @@ pub async fn serve(
 ) {
     let Opened { store, _lock } = opened;
     let hub = Hub {
-        dispatcher: Dispatcher::new(store.clone(), config.max_list_items),
+        dispatcher: Dispatcher::with_router(
+            store.clone(),
+            Router::new(Deadlines::from_config(&config)),
+            config.max_list_items,
+        ),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),

@@ -1,12 +1,15 @@
 //! The dispatcher: one call in, one outcome out, whichever transport the call came by.
 //!
-//! It resolves the endpoint in the [`registry`], sends hub-stored methods to the record store
-//! (reads directly, writes through the sequencer) and answers RUN on an endpoint nobody
-//! provides with `NO_PROVIDER`. Every error gets its `errorid` here and is logged with it, so
-//! the id a client sees is the id in the hub's log. Authentication will sit at the top of
-//! [`Dispatcher::call`], before anything else is looked at.
+//! It resolves the endpoint in the [`registry`]: a method some provider serves goes to the
+//! [`Router`]; the hub's own endpoints ([`system`]) are answered here; every other method goes
+//! to the record store (reads directly, writes through the sequencer), and RUN that no
+//! provider serves is `NO_PROVIDER`. Every error gets its `errorid` here and is logged with
+//! it, so the id a client sees is the id in the hub's log — a provider's own error too.
+//! Authentication will sit at the top of [`Dispatcher::call_from`], before anything else is
+//! looked at.
 
 pub mod registry;
+pub mod system;
 
 use std::sync::Arc;
 
@@ -14,10 +17,12 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::protocol::params::{expected_version, list_query, normalize};
+use crate::protocol::provider::{ProviderFailure, ProviderResult};
 use crate::protocol::request::validate_objectid;
 use crate::protocol::{
-    Data, Encoded, ErrorCode, ErrorReply, FlowError, Method, Outcome, Request, Success,
+    Caller, Data, Encoded, ErrorCode, ErrorReply, FlowError, Method, Outcome, Request, Success,
 };
+use crate::router::{Deadlines, RoutedCall, Router};
 use crate::store::{Record, Store, StoreError, WriteOp};
 
 pub use registry::{EndpointInfo, Registry};
@@ -35,6 +40,7 @@ impl Encoded for Record {
 #[derive(Clone)]
 pub struct Dispatcher {
     store: Store,
+    router: Router,
     registry: Registry,
     /// Most objects one LIST reply may hold (`max_list_items`).
     max_list_items: usize,
@@ -53,11 +59,48 @@ pub fn log_error(error: FlowError, method: Option<Method>, endpoint: &str) -> Er
     reply
 }
 
+/// Logs a provider's own error and makes the reply that passes it on unchanged.
+fn log_provider_error(f: ProviderFailure, method: Method, endpoint: &str) -> ErrorReply {
+    let known = ErrorCode::parse(&f.code);
+    let mut reply = ErrorReply::new(FlowError::new(
+        known.unwrap_or(ErrorCode::ProviderError),
+        f.message,
+    ));
+    if let Some(id) = f.errorid {
+        reply.errorid = id;
+    }
+    if known.is_none() {
+        reply.own_code = Some(f.code.into_boxed_str());
+    }
+    reply.own_status = f.status;
+    tracing::info!(errorid = %reply.errorid, errorcode = reply.code_name(), method = method.as_str(), endpoint, "provider: {}", reply.error.message);
+    reply
+}
+
+/// Why a call failed: the hub's error, or a provider's own, passed on unchanged.
+enum Fail {
+    Hub(FlowError),
+    Provider(ProviderFailure),
+}
+
+impl From<FlowError> for Fail {
+    fn from(e: FlowError) -> Fail {
+        Fail::Hub(e)
+    }
+}
+
 impl Dispatcher {
+    /// A dispatcher with a router of its own and the default call deadline.
     pub fn new(store: Store, max_list_items: usize) -> Dispatcher {
-        let registry = Registry::new(store.clone());
+        let deadlines = Deadlines::from_config(&crate::config::Config::default());
+        Dispatcher::with_router(store, Router::new(deadlines), max_list_items)
+    }
+
+    pub fn with_router(store: Store, router: Router, max_list_items: usize) -> Dispatcher {
+        let registry = Registry::new(store.clone(), router.clone());
         Dispatcher {
             store,
+            router,
             registry,
             max_list_items,
         }
@@ -67,48 +110,113 @@ impl Dispatcher {
         &self.registry
     }
 
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Whether this call goes to a provider (and so may wait on another connection).
+    pub fn routes(&self, request: &Request) -> bool {
+        self.router
+            .lookup(&request.endpoint)
+            .is_some_and(|r| r.methods.contains(request.method))
+    }
+
+    /// Runs one call from an anonymous caller (HTTP) to its outcome.
+    pub async fn call(&self, request: Request) -> Outcome {
+        self.call_from(request, &Caller::default()).await
+    }
+
     /// Runs one call to its outcome.
-    pub async fn call(&self, mut request: Request) -> Outcome {
-        match self.route(&mut request).await {
+    pub async fn call_from(&self, mut request: Request, caller: &Caller) -> Outcome {
+        match self.route(&mut request, caller).await {
             Ok(s) => Ok(s),
-            Err(e) => Err(log_error(e, Some(request.method), &request.endpoint)),
+            Err(Fail::Hub(e)) => Err(log_error(e, Some(request.method), &request.endpoint)),
+            Err(Fail::Provider(f)) => Err(log_provider_error(f, request.method, &request.endpoint)),
         }
     }
 
-    async fn route(&self, req: &mut Request) -> Result<Success, FlowError> {
+    async fn route(&self, req: &mut Request, caller: &Caller) -> Result<Success, Fail> {
         req.validate()?;
-        let known = self.registry.application(&req.endpoint);
-        if let (Some(app), Some(owner)) = (&req.application, known) {
+        if registry::SYSTEM.contains(&req.endpoint.as_str()) {
+            return Ok(system::call(&self.registry, req)?);
+        }
+        if crate::router::is_reserved(&req.endpoint) {
+            return Err(FlowError::not_found(format!(
+                "endpoint {} does not exist (hub/ and auth/ name the hub's own endpoints)",
+                req.endpoint
+            ))
+            .into());
+        }
+        let route = self.router.lookup(&req.endpoint);
+        let known = match &route {
+            Some(r) => Some(std::borrow::Cow::Owned(r.application.to_string())),
+            None => self.registry.application(&req.endpoint),
+        };
+        if let (Some(app), Some(owner)) = (&req.application, &known) {
             if app != owner {
                 return Err(FlowError::not_found(format!(
                     "endpoint {} is served by application {owner}, not {app}",
                     req.endpoint
-                )));
+                ))
+                .into());
             }
         }
         let params = match &req.parameters {
             Some(p) => normalize(p)?,
             None => Map::new(),
         };
+        if route.is_some_and(|r| r.methods.contains(req.method)) {
+            let routed = self
+                .router
+                .call(RoutedCall {
+                    method: req.method,
+                    endpoint: &req.endpoint,
+                    objectid: req.objectid.as_deref(),
+                    namespace: &req.namespace,
+                    parameters: Some(&params),
+                    data: req.data.as_ref(),
+                    caller,
+                    timeout_ms: req.timeout_ms,
+                })
+                .await?;
+            return match routed {
+                ProviderResult::Ok { data, count } => Ok(Success {
+                    data: data.map_or(Data::None, Data::Value),
+                    count,
+                }),
+                ProviderResult::Err(f) => Err(Fail::Provider(f)),
+            };
+        }
         // The data moves into the write; everything else is read in place.
         let data = req.data.take();
         let req = &*req;
-        let ns = req.namespace.as_str();
         let ep = req.endpoint.as_str();
         if req.method == Method::Run {
             return Err(FlowError::new(
                 ErrorCode::NoProvider,
                 format!("no provider serves RUN on {ep}"),
-            ));
+            )
+            .into());
         }
         if known.is_none() && req.method != Method::Create {
-            return Err(FlowError::not_found(format!(
-                "Endpoint {ep} does not exist"
-            )));
+            return Err(FlowError::not_found(format!("Endpoint {ep} does not exist")).into());
         }
+        Ok(self.store_method(req, &params, data, known.is_some()).await?)
+    }
+
+    /// A method on the record store; `known`: the endpoint exists.
+    async fn store_method(
+        &self,
+        req: &Request,
+        params: &Map<String, Value>,
+        data: Option<Value>,
+        known: bool,
+    ) -> Result<Success, FlowError> {
+        let ns = req.namespace.as_str();
+        let ep = req.endpoint.as_str();
         match req.method {
             Method::List => {
-                let mut query = list_query(&params)?;
+                let mut query = list_query(params)?;
                 // Ask for one more than a reply may hold: if it comes, the page is too big,
                 // and no more than that was ever collected.
                 let max = self.max_list_items;
@@ -149,7 +257,7 @@ impl Dispatcher {
                 None => Ok(Success::value(self.store.catalogue(ep, ns))),
             },
             Method::Create => {
-                if let (Some(app), None) = (&req.application, &known) {
+                if let (Some(app), false) = (&req.application, known) {
                     let owner = registry::stored_application(ep);
                     if app != owner {
                         return Err(FlowError::not_found(format!(
@@ -183,7 +291,7 @@ impl Dispatcher {
             }
             Method::Update => {
                 let patch = object_data(req, data)?;
-                let expected = match expected_version(&params)? {
+                let expected = match expected_version(params)? {
                     Some(v) => Some(v),
                     None => match patch.get("version") {
                         None | Some(Value::Null) => None,
@@ -206,7 +314,7 @@ impl Dispatcher {
                     endpoint: ep.into(),
                     namespace: ns.into(),
                     id: objectid(req)?.into(),
-                    expected: expected_version(&params)?,
+                    expected: expected_version(params)?,
                 };
                 self.write(op).await
             }

@@ -65,6 +65,10 @@ impl Success {
 pub struct ErrorReply {
     pub error: FlowError,
     pub errorid: Uuid,
+    /// A provider's own error code, written in place of `error.code`'s name (SPEC 11.2).
+    pub own_code: Option<Box<str>>,
+    /// The HTTP status a provider chose, in place of the code's class.
+    pub own_status: Option<u16>,
 }
 
 impl ErrorReply {
@@ -73,10 +77,20 @@ impl ErrorReply {
         ErrorReply {
             error,
             errorid: Uuid::new_v4(),
+            own_code: None,
+            own_status: None,
         }
     }
     pub fn code(&self) -> ErrorCode {
         self.error.code
+    }
+    /// The `errorcode` as written on the wire.
+    pub fn code_name(&self) -> &str {
+        self.own_code.as_deref().unwrap_or(self.error.code.as_str())
+    }
+    /// The HTTP status of a response carrying this error.
+    pub fn http_status(&self) -> u16 {
+        self.own_status.unwrap_or(self.error.code.http_status())
     }
 }
 
@@ -103,6 +117,15 @@ pub fn encode(outcome: &Outcome, framing: Framing<'_>, encoding: Encoding) -> By
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // Writing a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Writes a string's JSON escape without the surrounding quotes.
+fn push_json_str_body(out: &mut Vec<u8>, s: &str) {
+    let start = out.len();
+    push_json_str(out, s);
+    // Drop the closing quote, then the opening one.
+    out.pop();
+    out.remove(start);
 }
 
 fn encode_json(outcome: &Outcome, framing: Framing<'_>) -> Bytes {
@@ -164,7 +187,7 @@ fn encode_json(outcome: &Outcome, framing: Framing<'_>) -> Bytes {
             out.extend_from_slice(b"\"success\":false,\"message\":");
             push_json_str(&mut out, &err.error.message);
             out.extend_from_slice(b",\"errorcode\":\"");
-            out.extend_from_slice(err.error.code.as_str().as_bytes());
+            push_json_str_body(&mut out, err.code_name());
             out.extend_from_slice(b"\",\"dataType\":\"JSON\",\"errorid\":\"");
             out.extend_from_slice(err.errorid.hyphenated().to_string().as_bytes());
             out.extend_from_slice(b"\"}");
@@ -233,7 +256,7 @@ fn encode_msgpack(outcome: &Outcome, framing: Framing<'_>) -> Bytes {
             let _ = mp::write_str(&mut out, "message");
             let _ = mp::write_str(&mut out, &err.error.message);
             let _ = mp::write_str(&mut out, "errorcode");
-            let _ = mp::write_str(&mut out, err.error.code.as_str());
+            let _ = mp::write_str(&mut out, err.code_name());
             let _ = mp::write_str(&mut out, "dataType");
             let _ = mp::write_str(&mut out, "JSON");
             let _ = mp::write_str(&mut out, "errorid");

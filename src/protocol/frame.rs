@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::error::FlowError;
+use super::provider::{self, Answer, Provide};
 use super::request::{Method, Request};
 
 /// The two encodings of the wire, one per WebSocket frame kind.
@@ -25,6 +26,22 @@ pub enum Frame {
     Call {
         requestid: Option<Value>,
         request: Request,
+    },
+    /// `provide`: this connection serves an endpoint (SPEC 11.1).
+    Provide {
+        requestid: Option<Value>,
+        provide: Provide,
+    },
+    /// `unprovide`: it no longer does.
+    Unprovide {
+        requestid: Option<Value>,
+        endpoint: String,
+    },
+    /// `result` or `reject`: a provider's answer to an invoke (SPEC 11.2).
+    Answer {
+        requestid: Option<Value>,
+        callid: u64,
+        answer: Answer,
     },
 }
 
@@ -105,19 +122,44 @@ pub fn parse_frame(value: Value) -> Result<Frame, FlowError> {
     let Value::Object(mut obj) = value else {
         return Err(FlowError::invalid("a frame must be an object"));
     };
-    match obj.get("type") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(t)) if t == "call" => {}
-        Some(Value::String(t)) => {
-            return Err(FlowError::invalid(format!("unknown frame type {t:?}")));
-        }
+    let kind = match obj.remove("type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(t),
         Some(_) => return Err(FlowError::invalid("frame type must be a string")),
-    }
+    };
     let requestid = match obj.remove("requestid") {
         None | Some(Value::Null) => None,
         Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
         Some(_) => return Err(FlowError::invalid("requestid must be a string or a number")),
     };
+    match kind.as_deref() {
+        None | Some("call") => {}
+        Some("provide") => {
+            let provide = provider::parse_provide(&mut obj)?;
+            return Ok(Frame::Provide { requestid, provide });
+        }
+        Some("unprovide") => {
+            let endpoint = provider::parse_unprovide(&mut obj)?;
+            return Ok(Frame::Unprovide {
+                requestid,
+                endpoint,
+            });
+        }
+        Some(t @ ("result" | "reject")) => {
+            let callid = provider::parse_callid(&obj)?;
+            let answer = if t == "result" {
+                provider::parse_result(&mut obj)?
+            } else {
+                provider::parse_reject(&mut obj)?
+            };
+            return Ok(Frame::Answer {
+                requestid,
+                callid,
+                answer,
+            });
+        }
+        Some(t) => return Err(FlowError::invalid(format!("unknown frame type {t:?}"))),
+    }
     let method = match obj.remove("method") {
         Some(Value::String(m)) => Method::parse(&m)?,
         Some(_) => return Err(FlowError::invalid("method must be a string")),
@@ -139,6 +181,15 @@ pub fn parse_frame(value: Value) -> Result<Frame, FlowError> {
         },
         data: obj.remove("data"),
         token: take_string(&mut obj, "token")?.filter(|s| !s.is_empty()),
+        timeout_ms: match obj.remove("timeout") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.is_u64() => n.as_u64(),
+            Some(_) => {
+                return Err(FlowError::invalid(
+                    "timeout must be a whole number of milliseconds",
+                ))
+            }
+        },
     };
     Ok(Frame::Call { requestid, request })
 }
@@ -172,7 +223,9 @@ mod tests {
     fn a_seed_call_with_endpoint_and_requestid_parses() {
         let v = json!({"requestid": 7, "endpoint": "inventory/device", "method": "OPEN",
             "objectid": "3a47", "token": "t", "namespace": "", "parameters": ""});
-        let Frame::Call { requestid, request } = parse_frame(v).unwrap();
+        let Ok(Frame::Call { requestid, request }) = parse_frame(v) else {
+            panic!("not a call")
+        };
         assert_eq!(requestid, Some(json!(7)));
         assert_eq!(request.method, Method::Open);
         assert_eq!(request.objectid.as_deref(), Some("3a47"));

@@ -8,9 +8,10 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod params;
+pub mod provider;
 pub mod request;
 
 pub use envelope::{encode, Data, Encoded, ErrorReply, Framing, Outcome, Success};
 pub use error::{ErrorCode, FlowError};
 pub use frame::{Encoding, Frame};
-pub use request::{Method, Request};
+pub use request::{Caller, Method, Request};

@@ -96,6 +96,19 @@ pub struct Request {
     pub data: Option<Value>,
     /// The authentication token, kept for the auth engine; never logged.
     pub token: Option<String>,
+    /// The caller's deadline for a routed call, in milliseconds (SPEC 11.4); it can only
+    /// shorten the configured one.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Who makes a call, as a provider sees it in `invoke` (SPEC 11.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Caller {
+    /// The authenticated user; `None` while authentication is off.
+    pub user: Option<String>,
+    pub roles: Vec<String>,
+    /// The hub's number for the caller's WebSocket; `None` over HTTP.
+    pub connection: Option<u64>,
 }
 
 impl Request {
@@ -110,6 +123,7 @@ impl Request {
             parameters: None,
             data: None,
             token: None,
+            timeout_ms: None,
         }
     }
 

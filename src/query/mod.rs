@@ -37,3 +37,34 @@ pub struct ListQuery {
     pub sort: Vec<SortKey>,
     pub page: Page,
 }
+
+/// Runs a LIST over plain objects (the hub's own small endpoints, such as `hub/endpoint`):
+/// filter, stable sort, page. Returns the page and the number of matches.
+pub fn list_objects(
+    objects: Vec<serde_json::Map<String, serde_json::Value>>,
+    query: &ListQuery,
+) -> (Vec<serde_json::Map<String, serde_json::Value>>, usize) {
+    let mut matched: Vec<_> = objects
+        .into_iter()
+        .filter(|o| query.condition.as_ref().is_none_or(|c| c.matches(o)))
+        .collect();
+    if !query.sort.is_empty() {
+        matched.sort_by(|a, b| {
+            for key in &query.sort {
+                let o = cmp_values(key.path.get(a), key.path.get(b));
+                let o = if key.descending { o.reverse() } else { o };
+                if o.is_ne() {
+                    return o;
+                }
+            }
+            std::cmp::Ordering::Equal
+        });
+    }
+    let count = matched.len();
+    let page = matched
+        .into_iter()
+        .skip(query.page.from)
+        .take(query.page.size.unwrap_or(usize::MAX))
+        .collect();
+    (page, count)
+}

@@ -70,7 +70,7 @@ pub fn not_found(path: &str) -> Response<Full<Bytes>> {
 fn outcome_response(outcome: &Outcome, encoding: Encoding) -> Response<Full<Bytes>> {
     let status = match outcome {
         Ok(_) => 200,
-        Err(e) => e.code().http_status(),
+        Err(e) => e.http_status(),
     };
     let body = encode(outcome, Framing::Http, encoding);
     match encoding {
@@ -412,5 +412,13 @@ fn build_request(
         parameters: (!params.is_empty()).then_some(Value::Object(params)),
         data: None,
         token: field(headers, query, "Flow-Auth-Token", "token")?,
+        timeout_ms: match field(headers, query, "Flow-Request-Timeout", "timeout")? {
+            None => None,
+            Some(t) => Some(t.trim().parse::<u64>().map_err(|_| {
+                FlowError::invalid(format!(
+                    "timeout {t:?} must be a whole number of milliseconds"
+                ))
+            })?),
+        },
     })
 }

@@ -40,7 +40,48 @@ use tokio_tungstenite::WebSocketStream;
 use super::Hub;
 use crate::dispatch::log_error;
 use crate::protocol::frame::{decode, parse_frame, requestid_of};
-use crate::protocol::{encode, Encoding, FlowError, Frame, Framing, Outcome};
+use crate::protocol::{encode, Caller, Encoding, FlowError, Frame, Framing, Outcome, Success};
+use crate::router::{Link, Outbox};
+
+/// Numbers the WebSocket connections of this hub run (`caller.connection` in invokes).
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A provider's frames go into its session's outbound queue, like replies.
+struct WsOutbox(mpsc::Sender<Message>);
+
+fn message(frame: Bytes, encoding: Encoding) -> Option<Message> {
+    match encoding {
+        Encoding::Json => Utf8Bytes::try_from(frame).ok().map(Message::Text),
+        Encoding::MsgPack => Some(Message::Binary(frame)),
+    }
+}
+
+impl Outbox for WsOutbox {
+    fn send(
+        &self,
+        frame: Bytes,
+        encoding: Encoding,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ()>> + Send + '_>> {
+        Box::pin(async move {
+            let msg = message(frame, encoding).ok_or(())?;
+            self.0.send(msg).await.map_err(|_| ())
+        })
+    }
+    fn try_send(&self, frame: Bytes, encoding: Encoding) -> bool {
+        message(frame, encoding).is_some_and(|m| self.0.try_send(m).is_ok())
+    }
+}
+
+/// What one session is to the rest of the hub.
+struct Peer {
+    /// Its calls' identity.
+    caller: Caller,
+    /// Its side as a provider.
+    link: Arc<Link>,
+    /// Cancelled when the client has gone: its routed calls stop waiting, and their
+    /// providers get a `cancel`.
+    gone: tokio_util::sync::CancellationToken,
+}
 
 /// Answers the upgrade request and starts the session once hyper hands the socket over.
 ///
@@ -118,7 +159,22 @@ where
     let mut writer = tokio::spawn(write_loop(sink, out_rx));
 
     let in_flight = Arc::new(Semaphore::new(hub.config.max_calls_in_flight));
-    let close = read_loop(&mut stream, &hub, &out_tx, &in_flight).await;
+    let connection = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let peer = Peer {
+        caller: Caller {
+            connection: Some(connection),
+            ..Caller::default()
+        },
+        link: Link::new(connection, Box::new(WsOutbox(out_tx.clone()))),
+        gone: tokio_util::sync::CancellationToken::new(),
+    };
+    let close = read_loop(&mut stream, &hub, &out_tx, &in_flight, &peer).await;
+    // The client's routed calls stop waiting; as a provider it serves nothing any more, and
+    // the calls it was answering fail (or move on) at once.
+    if close.code != CloseCode::Away {
+        peer.gone.cancel();
+    }
+    hub.dispatcher.router().connection_closed(&peer.link);
 
     let all = u32::try_from(hub.config.max_calls_in_flight).unwrap_or(u32::MAX);
     let grace = Duration::from_millis(hub.config.shutdown_grace_ms);
@@ -150,6 +206,7 @@ async fn read_loop<S>(
     hub: &Hub,
     out_tx: &mpsc::Sender<Message>,
     in_flight: &Arc<Semaphore>,
+    peer: &Peer,
 ) -> CloseFrame
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -225,14 +282,52 @@ where
             }
         };
         let requestid = requestid_of(&value);
+        let router = hub.dispatcher.router();
         match parse_frame(value) {
             Ok(Frame::Call { requestid, request }) => {
                 let dispatcher = hub.dispatcher.clone();
+                let caller = peer.caller.clone();
+                // A routed call waits on another connection: it stops when this client goes.
+                let gone = dispatcher.routes(&request).then(|| peer.gone.clone());
                 tokio::spawn(async move {
-                    let outcome = dispatcher.call(request).await;
+                    let call = dispatcher.call_from(request, &caller);
+                    let outcome = match gone {
+                        None => call.await,
+                        Some(gone) => tokio::select! {
+                            o = call => o,
+                            () = gone.cancelled() => return,
+                        },
+                    };
                     send(&tx, &outcome, requestid.as_ref(), encoding).await;
                     drop(permit);
                 });
+            }
+            Ok(Frame::Answer {
+                requestid,
+                callid,
+                answer,
+            }) => {
+                if let Err(e) = router.answer(peer.link.connection, callid, answer) {
+                    reply_later(tx, Err(log_error(e, None, "-")), requestid, encoding, permit);
+                }
+            }
+            Ok(Frame::Provide { requestid, provide }) => {
+                let endpoint = provide.endpoint.clone();
+                let outcome = router
+                    .provide(&peer.link, provide, encoding)
+                    .map(Success::value)
+                    .map_err(|e| log_error(e, None, &endpoint));
+                reply_later(tx, outcome, requestid, encoding, permit);
+            }
+            Ok(Frame::Unprovide {
+                requestid,
+                endpoint,
+            }) => {
+                let outcome = router
+                    .unprovide(peer.link.connection, &endpoint)
+                    .map(Success::value)
+                    .map_err(|e| log_error(e, None, &endpoint));
+                reply_later(tx, outcome, requestid, encoding, permit);
             }
             Err(e) => reply_later(
                 tx,
