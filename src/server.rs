@@ -14,12 +14,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::router::{Deadlines, Router};
 use crate::log::file::{Durability, FileLog};
 use crate::log::recovery::recover;
 use crate::log::snapshot::{self, SnapshottingLog};
 use crate::log::{Log, LogRecord, MemoryOnly};
 use crate::query::Path;
+use crate::router::{Deadlines, Router};
 use crate::store::{Store, StoreConfig};
 use crate::transport::{self, Hub};
 

@@ -136,10 +136,12 @@ impl Dispatcher {
     }
 
     async fn route(&self, req: &mut Request, caller: &Caller) -> Result<Success, Fail> {
-        req.validate()?;
+        // System endpoints check their own calls: `hub/endpoint` takes endpoint names, with
+        // their `/`, as object ids.
         if registry::SYSTEM.contains(&req.endpoint.as_str()) {
             return Ok(system::call(&self.registry, req)?);
         }
+        req.validate()?;
         if crate::router::is_reserved(&req.endpoint) {
             return Err(FlowError::not_found(format!(
                 "endpoint {} does not exist (hub/ and auth/ name the hub's own endpoints)",
@@ -201,7 +203,9 @@ impl Dispatcher {
         if known.is_none() && req.method != Method::Create {
             return Err(FlowError::not_found(format!("Endpoint {ep} does not exist")).into());
         }
-        Ok(self.store_method(req, &params, data, known.is_some()).await?)
+        Ok(self
+            .store_method(req, &params, data, known.is_some())
+            .await?)
     }
 
     /// A method on the record store; `known`: the endpoint exists.

@@ -12,6 +12,20 @@ use crate::query::list_objects;
 
 /// Answers a call on a system endpoint (`hub/endpoint` is the only one).
 pub fn call(registry: &Registry, req: &Request) -> Result<Success, FlowError> {
+    let application = super::registry::stored_application(&req.endpoint);
+    if let Some(app) = req.application.as_deref().filter(|a| *a != application) {
+        return Err(FlowError::not_found(format!(
+            "endpoint {} is served by application {application}, not {app}",
+            req.endpoint
+        )));
+    }
+    if req
+        .objectid
+        .as_ref()
+        .is_some_and(|id| id.len() > crate::protocol::request::MAX_OBJECTID_LEN)
+    {
+        return Err(FlowError::invalid("objectid is longer than 200 bytes"));
+    }
     match req.method {
         Method::List => {
             let params = match &req.parameters {

@@ -231,9 +231,7 @@ pub(super) fn parse_result(obj: &mut Map<String, Value>) -> Result<Answer, FlowE
     let code = match obj.remove("errorcode") {
         None | Some(Value::Null) => "PROVIDER_ERROR".to_string(),
         Some(Value::String(s))
-            if !s.is_empty()
-                && s.len() <= MAX_CODE_LEN
-                && s.chars().all(|c| !c.is_control()) =>
+            if !s.is_empty() && s.len() <= MAX_CODE_LEN && s.chars().all(|c| !c.is_control()) =>
         {
             s
         }
@@ -250,18 +248,26 @@ pub(super) fn parse_result(obj: &mut Map<String, Value>) -> Result<Answer, FlowE
     };
     let errorid = match obj.remove("errorid") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(
-            Uuid::parse_str(&s).map_err(|_| FlowError::invalid("errorid must be a UUID"))?,
-        ),
+        Some(Value::String(s)) => {
+            Some(Uuid::parse_str(&s).map_err(|_| FlowError::invalid("errorid must be a UUID"))?)
+        }
         Some(_) => return Err(FlowError::invalid("errorid must be a UUID")),
     };
     let status = match obj.remove("status") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
             Some(s @ 400..=599) => Some(s as u16),
-            _ => return Err(FlowError::invalid("status must be an HTTP status from 400 to 599")),
+            _ => {
+                return Err(FlowError::invalid(
+                    "status must be an HTTP status from 400 to 599",
+                ))
+            }
         },
-        Some(_) => return Err(FlowError::invalid("status must be an HTTP status from 400 to 599")),
+        Some(_) => {
+            return Err(FlowError::invalid(
+                "status must be an HTTP status from 400 to 599",
+            ))
+        }
     };
     Ok(Answer::Result(ProviderResult::Err(ProviderFailure {
         code,
@@ -352,8 +358,10 @@ mod tests {
         assert_eq!(p.methods, MethodSet::ALL);
         assert_eq!(p.policy, Policy::Balanced);
         assert_eq!(p.application, None);
-        let p = parse_provide(&mut obj(json!({"endpoint": "a/b", "methods": ["run", "LIST"],
-            "policy": "first", "application": "app"})))
+        let p = parse_provide(&mut obj(
+            json!({"endpoint": "a/b", "methods": ["run", "LIST"],
+            "policy": "first", "application": "app"}),
+        ))
         .unwrap();
         assert_eq!(p.methods.names(), vec!["LIST", "RUN"]);
         assert_eq!(p.policy, Policy::First);
@@ -372,8 +380,10 @@ mod tests {
 
     #[test]
     fn results_pass_the_providers_code_through_and_check_shapes() {
-        let a = parse_result(&mut obj(json!({"success": false, "errorcode": "OUT_OF_STOCK",
-            "message": "none left", "status": 409})))
+        let a = parse_result(&mut obj(
+            json!({"success": false, "errorcode": "OUT_OF_STOCK",
+            "message": "none left", "status": 409}),
+        ))
         .unwrap();
         let Answer::Result(ProviderResult::Err(f)) = a else {
             panic!("{a:?}")
@@ -425,9 +435,15 @@ mod tests {
         let j: Value = serde_json::from_slice(&encode_invoke(&inv, Encoding::Json)).unwrap();
         let m: Value = rmp_serde::from_slice(&encode_invoke(&inv, Encoding::MsgPack)).unwrap();
         assert_eq!(j, m);
-        assert_eq!(j["caller"], json!({"user": null, "roles": [], "connection": null}));
+        assert_eq!(
+            j["caller"],
+            json!({"user": null, "roles": [], "connection": null})
+        );
         let c: Value =
             serde_json::from_slice(&encode_cancel(5, "timeout", Encoding::Json)).unwrap();
-        assert_eq!(c, json!({"type": "cancel", "callid": 5, "reason": "timeout"}));
+        assert_eq!(
+            c,
+            json!({"type": "cancel", "callid": 5, "reason": "timeout"})
+        );
     }
 }

@@ -423,7 +423,11 @@ impl Router {
                             "every provider of {} rejected the call ({} tried; last reason: {})",
                             call.endpoint,
                             tried.len(),
-                            if reason.is_empty() { "none given" } else { &reason }
+                            if reason.is_empty() {
+                                "none given"
+                            } else {
+                                &reason
+                            }
                         ),
                     )
                 } else {

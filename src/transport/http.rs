@@ -207,7 +207,9 @@ fn openapi(hub: &Hub, segments: &[String], path: &str) -> Option<Response<Full<B
         [app, doc] if doc == "openapi.json" => Some(app.as_str()),
         _ => return None,
     };
-    let endpoints = hub.dispatcher.registry().all();
+    // The hub's own endpoints (`hub/endpoint`) are described in protocol/SPEC.md, not here.
+    let mut endpoints = hub.dispatcher.registry().all();
+    endpoints.retain(|e| e.kind != crate::dispatch::registry::Kind::System);
     if let Some(app) = application {
         if !endpoints.iter().any(|e| e.application == app) {
             return Some(error_response(

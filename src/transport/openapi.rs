@@ -96,6 +96,11 @@ DELETE is DELETE.";
 fn kind_name(e: &EndpointInfo) -> String {
     match serde_json::to_value(e.kind) {
         Ok(Value::String(s)) if s == "stored" => "objects stored in the hub".to_string(),
+        Ok(Value::String(s)) if s == "provided" => format!(
+            "served by {} provider connection(s) for {}; methods they do not serve go to the hub's store",
+            e.providers,
+            e.provided_methods.names().join(", ")
+        ),
         Ok(Value::String(s)) => s,
         _ => "endpoint".to_string(),
     }

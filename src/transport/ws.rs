@@ -308,7 +308,13 @@ where
                 answer,
             }) => {
                 if let Err(e) = router.answer(peer.link.connection, callid, answer) {
-                    reply_later(tx, Err(log_error(e, None, "-")), requestid, encoding, permit);
+                    reply_later(
+                        tx,
+                        Err(log_error(e, None, "-")),
+                        requestid,
+                        encoding,
+                        permit,
+                    );
                 }
             }
             Ok(Frame::Provide { requestid, provide }) => {
