@@ -32,8 +32,7 @@ impl Provider {
                 frame[k] = v;
             }
         }
-        let reply = self.ws.call_enc(frame, self.enc).await;
-        reply
+        self.ws.call_enc(frame, self.enc).await
     }
 
     async fn provide_ok(&mut self, endpoint: &str, extra: Value) {
@@ -288,8 +287,10 @@ async fn a_silent_provider_times_out_and_is_told() {
 #[tokio::test]
 async fn a_provider_that_dies_mid_call_fails_writes_at_once_and_moves_reads_on() {
     // A deadline far beyond the test's patience: an answer must come from the loss itself.
-    let mut config = Config::default();
-    config.call_timeout_ms = 600_000;
+    let config = Config {
+        call_timeout_ms: 600_000,
+        ..Config::default()
+    };
     let hub = TestHub::start_with(config).await;
     let mut doomed = Provider::connect(&hub).await;
     doomed
@@ -604,5 +605,27 @@ async fn a_messagepack_provider_gets_messagepack_invokes() {
     assert_eq!(inv["data"], json!({"x": [1, 2]}));
     p.result(&inv["callid"], json!(3)).await;
     assert_eq!(call.await.unwrap()["data"], 3);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn an_http_caller_that_hangs_up_cancels_its_call() {
+    use tokio::io::AsyncWriteExt;
+    let hub = TestHub::start().await;
+    let mut p = Provider::connect(&hub).await;
+    p.provide_ok("slow/thing", json!({})).await;
+    let mut s = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    s.write_all(
+        b"POST /api/slow/slow/thing/x HTTP/1.1\r\nHost: h\r\nFlow-Request-Method: RUN\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let inv = p.next_invoke().await;
+    drop(s);
+    let cancel = p.next().await;
+    assert_eq!(
+        cancel,
+        json!({"type": "cancel", "callid": inv["callid"], "reason": "caller gone"})
+    );
     hub.stop().await;
 }
