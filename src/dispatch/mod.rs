@@ -116,9 +116,7 @@ impl Dispatcher {
 
     /// Whether this call goes to a provider (and so may wait on another connection).
     pub fn routes(&self, request: &Request) -> bool {
-        self.router
-            .lookup(&request.endpoint)
-            .is_some_and(|r| r.methods.contains(request.method))
+        self.router.serves(&request.endpoint, request.method)
     }
 
     /// Runs one call from an anonymous caller (HTTP) to its outcome.
@@ -151,7 +149,7 @@ impl Dispatcher {
         }
         let route = self.router.lookup(&req.endpoint);
         let known = match &route {
-            Some(r) => Some(std::borrow::Cow::Owned(r.application.to_string())),
+            Some(r) => Some(std::borrow::Cow::Borrowed(&*r.application)),
             None => self.registry.application(&req.endpoint),
         };
         if let (Some(app), Some(owner)) = (&req.application, &known) {
@@ -167,7 +165,7 @@ impl Dispatcher {
             Some(p) => normalize(p)?,
             None => Map::new(),
         };
-        if route.is_some_and(|r| r.methods.contains(req.method)) {
+        if route.as_ref().is_some_and(|r| r.methods.contains(req.method)) {
             let routed = self
                 .router
                 .call(RoutedCall {
