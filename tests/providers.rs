@@ -10,6 +10,36 @@ use std::time::Duration;
 use common::{Config, Enc, TestHub, WsClient};
 use serde_json::{json, Value};
 
+/// The provider frames' JSON Schemas (protocol/schemas/): what the hub sends a provider is
+/// checked against `invoke.json`; what the tests send, against `provide.json` and
+/// `answer.json`, so that the schemas and the hub agree.
+fn schema(name: &str) -> &'static jsonschema::Validator {
+    use std::sync::OnceLock;
+    static SCHEMAS: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
+    let all = SCHEMAS.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol/schemas");
+        ["invoke.json", "provide.json", "answer.json"]
+            .into_iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(dir.join(n)).unwrap();
+                let v: Value = serde_json::from_str(&text).unwrap();
+                let validator = jsonschema::options()
+                    .with_draft(jsonschema::Draft::Draft202012)
+                    .build(&v)
+                    .unwrap_or_else(|e| panic!("{n}: {e}"));
+                (n.to_string(), validator)
+            })
+            .collect()
+    });
+    &all[name]
+}
+
+fn check(name: &str, frame: &Value) {
+    if let Err(e) = schema(name).validate(frame) {
+        panic!("{frame} does not validate against {name}: {e}");
+    }
+}
+
 /// A provider connection driven by the test.
 struct Provider {
     ws: WsClient,
@@ -32,6 +62,7 @@ impl Provider {
                 frame[k] = v;
             }
         }
+        check("provide.json", &frame);
         self.ws.call_enc(frame, self.enc).await
     }
 
@@ -42,7 +73,9 @@ impl Provider {
 
     /// The next frame from the hub (an invoke or a cancel).
     async fn next(&mut self) -> Value {
-        self.ws.recv().await.expect("the hub closed the provider")
+        let f = self.ws.recv().await.expect("the hub closed the provider");
+        check("invoke.json", &f);
+        f
     }
 
     async fn next_invoke(&mut self) -> Value {
@@ -52,6 +85,7 @@ impl Provider {
     }
 
     async fn send(&mut self, frame: Value) {
+        check("answer.json", &frame);
         self.ws.send(&frame, self.enc).await;
     }
 
@@ -550,6 +584,14 @@ async fn methods_nobody_provides_fall_back_to_the_store() {
 
 #[tokio::test]
 async fn provide_checks_names_applications_and_policies() {
+    // The schemas refuse what the hub refuses.
+    assert!(schema("invoke.json").validate(&json!({"type": "invoke"})).is_err());
+    assert!(schema("provide.json")
+        .validate(&json!({"type": "provide", "endpoint": "a/b", "methods": []}))
+        .is_err());
+    assert!(schema("answer.json")
+        .validate(&json!({"type": "result", "callid": 1, "success": false, "status": 200}))
+        .is_err());
     let hub = TestHub::start().await;
     let mut a = Provider::connect(&hub).await;
     a.provide_ok("inventory/device", json!({"application": "inv"}))
