@@ -620,6 +620,19 @@ async fn provide_checks_names_applications_and_policies() {
         let r = b.ws.call(bad.clone()).await;
         assert_eq!(r["errorcode"], "INVALID_REQUEST", "{bad}: {r}");
     }
+    // One connection provides a bounded number of endpoints; providing one again is free.
+    for i in 0..1024 {
+        b.provide_ok(&format!("many/e{i}"), json!({})).await;
+    }
+    b.provide_ok("many/e7", json!({"methods": ["RUN"]})).await;
+    let r = b.provide("many/one-too-many", json!({})).await;
+    assert_eq!(r["errorcode"], "TOO_LARGE", "{r}");
+    let r = b
+        .ws
+        .call(json!({"type": "unprovide", "endpoint": "many/e0"}))
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    b.provide_ok("many/one-too-many", json!({})).await;
     hub.stop().await;
 }
 

@@ -34,6 +34,9 @@ use crate::protocol::provider::{
 };
 use crate::protocol::{Caller, Encoding, ErrorCode, FlowError, Method};
 
+/// Most endpoints one connection may provide.
+pub const MAX_PROVIDED: usize = 1024;
+
 /// Endpoint names under these prefixes are the hub's own and cannot be provided.
 pub const RESERVED: [&str; 2] = ["hub/", "auth/"];
 
@@ -63,6 +66,8 @@ pub struct Link {
     out: Box<dyn Outbox>,
     /// Calls sent to it and not settled yet, across its endpoints.
     in_flight: AtomicUsize,
+    /// Endpoints it provides (changed under the endpoint table's write lock).
+    provides: AtomicUsize,
     closed: AtomicBool,
 }
 
@@ -73,6 +78,7 @@ impl Link {
             encoding: parking_lot::Mutex::new(Encoding::Json),
             out,
             in_flight: AtomicUsize::new(0),
+            provides: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         })
     }
@@ -263,6 +269,16 @@ impl Router {
             .unwrap_or_else(|| crate::dispatch::registry::stored_application(&p.endpoint))
             .into();
         let mut endpoints = self.inner.endpoints.write();
+        let already = endpoints.get(&p.endpoint).is_some_and(|e| {
+            e.providers
+                .iter()
+                .any(|s| s.link.connection == link.connection)
+        });
+        if !already && link.provides.load(Ordering::Relaxed) >= MAX_PROVIDED {
+            return Err(FlowError::too_large(format!(
+                "a connection may provide at most {MAX_PROVIDED} endpoints"
+            )));
+        }
         let e = endpoints
             .entry(p.endpoint.clone())
             .or_insert_with(|| Endpoint {
@@ -301,10 +317,13 @@ impl Router {
             .find(|s| s.link.connection == link.connection)
         {
             Some(slot) => slot.methods = p.methods,
-            None => e.providers.push(Slot {
-                link: link.clone(),
-                methods: p.methods,
-            }),
+            None => {
+                link.provides.fetch_add(1, Ordering::Relaxed);
+                e.providers.push(Slot {
+                    link: link.clone(),
+                    methods: p.methods,
+                });
+            }
         }
         let reply = json!({
             "endpoint": p.endpoint,
@@ -332,11 +351,15 @@ impl Router {
         let Some(e) = endpoints.get_mut(endpoint) else {
             return Err(not_providing(endpoint));
         };
-        let before = e.providers.len();
-        e.providers.retain(|s| s.link.connection != connection);
-        if e.providers.len() == before {
+        let Some(at) = e
+            .providers
+            .iter()
+            .position(|s| s.link.connection == connection)
+        else {
             return Err(not_providing(endpoint));
-        }
+        };
+        let slot = e.providers.remove(at);
+        slot.link.provides.fetch_sub(1, Ordering::Relaxed);
         let left = e.providers.len();
         if left == 0 {
             endpoints.remove(endpoint);
