@@ -585,7 +585,9 @@ async fn methods_nobody_provides_fall_back_to_the_store() {
 #[tokio::test]
 async fn provide_checks_names_applications_and_policies() {
     // The schemas refuse what the hub refuses.
-    assert!(schema("invoke.json").validate(&json!({"type": "invoke"})).is_err());
+    assert!(schema("invoke.json")
+        .validate(&json!({"type": "invoke"}))
+        .is_err());
     assert!(schema("provide.json")
         .validate(&json!({"type": "provide", "endpoint": "a/b", "methods": []}))
         .is_err());
@@ -627,10 +629,9 @@ async fn provide_checks_names_applications_and_policies() {
     b.provide_ok("many/e7", json!({"methods": ["RUN"]})).await;
     let r = b.provide("many/one-too-many", json!({})).await;
     assert_eq!(r["errorcode"], "TOO_LARGE", "{r}");
-    let r = b
-        .ws
-        .call(json!({"type": "unprovide", "endpoint": "many/e0"}))
-        .await;
+    let r =
+        b.ws.call(json!({"type": "unprovide", "endpoint": "many/e0"}))
+            .await;
     assert_eq!(r["success"], true, "{r}");
     b.provide_ok("many/one-too-many", json!({})).await;
     hub.stop().await;

@@ -105,16 +105,17 @@ pub async fn call(args: &CallArgs) -> Result<Value, String> {
     let limit = Duration::from_secs(args.timeout);
     let (mut ws, _) = tokio::time::timeout(
         limit,
-        tokio_tungstenite::connect_async(args.client.url.as_str()),
+        tokio_tungstenite::connect_async(args.client.ws_url()),
     )
     .await
     .map_err(|_| {
         format!(
             "no answer from {} within {}s",
-            args.client.url, args.timeout
+            args.client.ws_url(),
+            args.timeout
         )
     })?
-    .map_err(|e| format!("cannot connect to {}: {e}", args.client.url))?;
+    .map_err(|e| format!("cannot connect to {}: {e}", args.client.ws_url()))?;
     let msg = if args.msgpack {
         Message::Binary(
             rmp_serde::to_vec_named(&frame)

@@ -42,10 +42,40 @@ impl DataDirArgs {
 /// Where the hub's WebSocket is when `FLOWHUB_URL` is not set.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:7340/ws";
 
+/// The WebSocket URL of a hub named the way users write it: `ws://` and `wss://` URLs as they
+/// are; `http://host:port` (or `https://`, or a bare `host:port`) is that hub's `/ws`; a path
+/// other than `/` is kept.
+pub fn ws_url(url: &str) -> String {
+    let url = url.trim();
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("ws://") || lower.starts_with("wss://") {
+        return url.to_string();
+    }
+    let (scheme, rest) = if lower.starts_with("http://") {
+        ("ws", &url["http://".len()..])
+    } else if lower.starts_with("https://") {
+        ("wss", &url["https://".len()..])
+    } else {
+        ("ws", url)
+    };
+    match rest.find('/') {
+        None => format!("{scheme}://{rest}/ws"),
+        Some(i) if &rest[i..] == "/" => format!("{scheme}://{}/ws", &rest[..i]),
+        Some(_) => format!("{scheme}://{rest}"),
+    }
+}
+
+impl ClientArgs {
+    /// The hub's WebSocket URL (see [`ws_url`]).
+    pub fn ws_url(&self) -> String {
+        ws_url(&self.url)
+    }
+}
+
 /// Connection settings shared by every client subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// The hub's WebSocket URL.
+    /// The hub's URL: ws://host:port/ws, or http://host:port (its /ws is used).
     #[arg(long, env = "FLOWHUB_URL", default_value = DEFAULT_URL)]
     pub url: String,
     /// Authentication token.
@@ -57,4 +87,21 @@ pub struct ClientArgs {
     /// Password of `--user`.
     #[arg(long, env = "FLOWHUB_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hub_urls_as_users_write_them() {
+        for (given, want) in [
+            ("ws://127.0.0.1:7340/ws", "ws://127.0.0.1:7340/ws"),
+            ("http://10.1.2.3:7000", "ws://10.1.2.3:7000/ws"),
+            ("http://10.1.2.3:7000/", "ws://10.1.2.3:7000/ws"),
+            ("https://hub.example", "wss://hub.example/ws"),
+            ("localhost:7340", "ws://localhost:7340/ws"),
+            ("http://h:1/prefix/ws", "ws://h:1/prefix/ws"),
+        ] {
+            assert_eq!(super::ws_url(given), want, "{given}");
+        }
+    }
 }

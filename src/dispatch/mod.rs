@@ -165,7 +165,10 @@ impl Dispatcher {
             Some(p) => normalize(p)?,
             None => Map::new(),
         };
-        if route.as_ref().is_some_and(|r| r.methods.contains(req.method)) {
+        if route
+            .as_ref()
+            .is_some_and(|r| r.methods.contains(req.method))
+        {
             let routed = self
                 .router
                 .call(RoutedCall {
