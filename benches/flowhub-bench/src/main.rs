@@ -9,13 +9,18 @@
 //! read from `/proc/<pid>/stat`. See `benches/README.md`.
 
 mod data;
+mod deepstream;
 mod durable;
 mod hub;
 mod list;
+mod nats;
 mod redis;
+mod relay;
 mod report;
 mod restart;
+mod rpc;
 mod stats;
+mod system;
 mod ws;
 
 use std::path::PathBuf;
@@ -28,7 +33,7 @@ use serde_json::{json, Value};
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Every scenario, in the order a full run takes them.
-const SCENARIOS: [&str; 3] = ["durable-update", "restart", "list"];
+const SCENARIOS: [&str; 4] = ["durable-update", "rpc", "restart", "list"];
 
 /// How long and how large each scenario is.
 #[derive(Debug, Clone)]
@@ -78,7 +83,7 @@ const USAGE: &str = "usage: flowhub-bench [--quick] [--json FILE] [--scenario NA
   --quick          small data and short windows (CI, a first look)
   --json FILE      also write every figure as JSON, one object per scenario
   --scenario NAME  run only this scenario (repeatable, or comma-separated):
-                   durable-update, restart, list
+                   durable-update, rpc, restart, list
 environment: FLOWHUB_BIN  the flowhub binary to run (default: build target/release/flowhub)";
 
 fn parse_args() -> Result<Args, String> {
@@ -120,6 +125,10 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    // The rpc scenario's baseline runs as a process of its own: this binary, re-executed.
+    if std::env::args().nth(1).as_deref() == Some(relay::FLAG) {
+        return relay::serve_main();
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -179,6 +188,7 @@ async fn run(args: Args) -> Res<()> {
         let t = Instant::now();
         let value = match name {
             "durable-update" => durable::run(&plan, &bin).await?,
+            "rpc" => rpc::run(&plan, &bin).await?,
             "restart" => {
                 let (value, hub) = restart::run(&plan, &bin).await?;
                 loaded = Some(hub);

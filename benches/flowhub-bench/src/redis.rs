@@ -14,59 +14,7 @@ use crate::Res;
 /// Finds `redis-server`; when it is missing and the bench runs as root with apt, installs
 /// Debian's package. `Err` is the reason the peer is skipped.
 pub fn locate() -> Result<PathBuf, String> {
-    if let Some(bin) = find("redis-server") {
-        return Ok(bin);
-    }
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        return Err("redis-server is not installed and the bench does not run as root to install it (apt-get install redis-server)".into());
-    }
-    if find("apt-get").is_none() {
-        return Err("redis-server is not installed and there is no apt-get to install it".into());
-    }
-    println!("redis-server is not installed: apt-get install -y redis-server ...");
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "redis-server"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .output()
-    };
-    let mut out = install().map_err(|e| format!("cannot run apt-get: {e}"))?;
-    if !out.status.success() {
-        // A fresh machine may have no package lists yet.
-        let _ = Command::new("apt-get")
-            .args(["update", "-q"])
-            .stdin(Stdio::null())
-            .output();
-        out = install().map_err(|e| format!("cannot run apt-get: {e}"))?;
-    }
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        return Err(format!("apt-get install redis-server failed: {last}"));
-    }
-    find("redis-server")
-        .ok_or_else(|| "apt-get installed redis-server but it is not on PATH".into())
-}
-
-fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    crate::system::locate_or_install("redis-server", "redis-server")
 }
 
 /// `redis-server --version`, e.g. `7.0.15`.
@@ -94,9 +42,7 @@ impl Redis {
     /// Starts Redis with AOF on, fsync before every reply, no RDB snapshots, in `dir`.
     pub async fn start(bin: &Path, dir: &Path) -> Res<Redis> {
         std::fs::create_dir_all(dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::system::free_port()?;
         let child = Command::new(bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
