@@ -22,7 +22,7 @@ use crate::protocol::request::validate_objectid;
 use crate::protocol::{
     Caller, Data, Encoded, ErrorCode, ErrorReply, FlowError, Method, Outcome, Request, Success,
 };
-use crate::router::{Deadlines, RoutedCall, Router};
+use crate::router::{Deadlines, Route, RoutedRequest, Router, Waiter};
 use crate::store::{Record, Store, StoreError, WriteOp};
 
 pub use registry::{EndpointInfo, Registry};
@@ -77,6 +77,53 @@ fn log_provider_error(f: ProviderFailure, method: Method, endpoint: &str) -> Err
     reply
 }
 
+/// Where a call's outcome goes when nobody awaits it (a WebSocket reply).
+pub trait ReplySink: Send + Sync + 'static {
+    fn send(self: Box<Self>, outcome: Outcome);
+}
+
+/// Turns a routed call's end into the caller's outcome (logging errors with their ids).
+struct Finish(Box<dyn ReplySink>);
+
+impl Waiter for Finish {
+    fn settle(self: Box<Self>, call: &RoutedRequest, result: Result<ProviderResult, FlowError>) {
+        let outcome = match routed(result) {
+            Ok(s) => Ok(s),
+            Err(Fail::Hub(e)) => Err(log_error(e, Some(call.method), &call.endpoint)),
+            Err(Fail::Provider(f)) => Err(log_provider_error(f, call.method, &call.endpoint)),
+        };
+        self.0.send(outcome);
+    }
+}
+
+/// A provider's answer as the caller's reply.
+fn routed(result: Result<ProviderResult, FlowError>) -> Result<Success, Fail> {
+    match result? {
+        ProviderResult::Ok { data, count } => Ok(Success {
+            data: data.map_or(Data::None, Data::Value),
+            count,
+        }),
+        ProviderResult::Err(f) => Err(Fail::Provider(f)),
+    }
+}
+
+/// The checks a call to a provider passes: its shape, its application, its parameters.
+fn admit_routed(req: &Request, route: &Route) -> Result<Map<String, Value>, FlowError> {
+    req.validate()?;
+    if let Some(app) = &req.application {
+        if **app != *route.application {
+            return Err(FlowError::not_found(format!(
+                "endpoint {} is served by application {}, not {app}",
+                req.endpoint, route.application
+            )));
+        }
+    }
+    match &req.parameters {
+        Some(p) => normalize(p),
+        None => Ok(Map::new()),
+    }
+}
+
 /// Why a call failed: the hub's error, or a provider's own, passed on unchanged.
 enum Fail {
     Hub(FlowError),
@@ -117,6 +164,42 @@ impl Dispatcher {
     /// Whether this call goes to a provider (and so may wait on another connection).
     pub fn routes(&self, request: &Request) -> bool {
         self.router.serves(&request.endpoint, request.method)
+    }
+
+    /// Runs a call whose outcome goes to `sink` instead of being awaited. A call to a provider
+    /// is checked and handed to the router here, and answered from the provider's side (no
+    /// task waits for it); any other call runs in a task of its own.
+    pub fn call_with(&self, mut request: Request, caller: Caller, sink: Box<dyn ReplySink>) {
+        let route = self
+            .router
+            .lookup(&request.endpoint)
+            .filter(|r| r.methods.contains(request.method));
+        let Some(route) = route else {
+            let d = self.clone();
+            tokio::spawn(async move {
+                let outcome = d.call_from(request, &caller).await;
+                sink.send(outcome);
+            });
+            return;
+        };
+        let params = match admit_routed(&request, &route) {
+            Ok(p) => p,
+            Err(e) => {
+                sink.send(Err(log_error(e, Some(request.method), &request.endpoint)));
+                return;
+            }
+        };
+        let call = RoutedRequest {
+            method: request.method,
+            endpoint: std::mem::take(&mut request.endpoint),
+            objectid: request.objectid.take(),
+            namespace: std::mem::take(&mut request.namespace),
+            parameters: (!params.is_empty()).then_some(params),
+            data: request.data.take(),
+            caller,
+            timeout_ms: request.timeout_ms,
+        };
+        self.router.start(call, Box::new(Finish(sink)));
     }
 
     /// Runs one call from an anonymous caller (HTTP) to its outcome.
@@ -169,26 +252,17 @@ impl Dispatcher {
             .as_ref()
             .is_some_and(|r| r.methods.contains(req.method))
         {
-            let routed = self
-                .router
-                .call(RoutedCall {
-                    method: req.method,
-                    endpoint: &req.endpoint,
-                    objectid: req.objectid.as_deref(),
-                    namespace: &req.namespace,
-                    parameters: Some(&params),
-                    data: req.data.as_ref(),
-                    caller,
-                    timeout_ms: req.timeout_ms,
-                })
-                .await?;
-            return match routed {
-                ProviderResult::Ok { data, count } => Ok(Success {
-                    data: data.map_or(Data::None, Data::Value),
-                    count,
-                }),
-                ProviderResult::Err(f) => Err(Fail::Provider(f)),
+            let call = RoutedRequest {
+                method: req.method,
+                endpoint: req.endpoint.clone(),
+                objectid: req.objectid.clone(),
+                namespace: req.namespace.clone(),
+                parameters: (!params.is_empty()).then_some(params),
+                data: req.data.take(),
+                caller: caller.clone(),
+                timeout_ms: req.timeout_ms,
             };
+            return routed(self.router.call(call).await);
         }
         // The data moves into the write; everything else is read in place.
         let data = req.data.take();

@@ -53,8 +53,8 @@ pub trait Outbox: Send + Sync {
         frame: Bytes,
         encoding: Encoding,
     ) -> Pin<Box<dyn Future<Output = Result<(), ()>> + Send + '_>>;
-    /// Queues a frame if there is room now; `false` when full or gone.
-    fn try_send(&self, frame: Bytes, encoding: Encoding) -> bool;
+    /// Queues a frame if there is room now.
+    fn try_send(&self, frame: Bytes, encoding: Encoding) -> Queued;
 }
 
 /// A connection as the router sees it.
@@ -129,28 +129,85 @@ pub struct ProvidedEndpoint {
     pub methods: MethodSet,
 }
 
-/// How a pending call ended, as its waiter learns it.
-enum Settled {
-    Answer(Answer),
-    /// The provider's connection closed.
-    Lost,
+/// Whoever waits for a routed call's outcome. `settle` is called exactly once, from whichever
+/// task ends the call (the provider's reader, the deadline sweeper, a closing connection);
+/// a waiter that is dropped instead was cancelled (its caller went away).
+pub trait Waiter: Send + Sync + 'static {
+    fn settle(self: Box<Self>, call: &RoutedRequest, result: Result<ProviderResult, FlowError>);
 }
 
-struct Pending {
-    link: Arc<Link>,
-    tx: oneshot::Sender<Settled>,
-}
-
-/// A call to route, borrowed from the dispatcher's request.
-pub struct RoutedCall<'a> {
+/// A routed call, owned by the router while it is pending.
+pub struct RoutedRequest {
     pub method: Method,
-    pub endpoint: &'a str,
-    pub objectid: Option<&'a str>,
-    pub namespace: &'a str,
-    pub parameters: Option<&'a Map<String, Value>>,
-    pub data: Option<&'a Value>,
-    pub caller: &'a Caller,
+    pub endpoint: String,
+    pub objectid: Option<String>,
+    pub namespace: String,
+    /// In their object form; `None` when there are none.
+    pub parameters: Option<Map<String, Value>>,
+    pub data: Option<Value>,
+    pub caller: Caller,
+    /// The caller's own deadline in milliseconds, if it asked for one.
     pub timeout_ms: Option<u64>,
+}
+
+impl RoutedRequest {
+    /// LIST, OPEN and INDEX may be sent to another provider when theirs is lost.
+    fn changes_nothing(&self) -> bool {
+        matches!(self.method, Method::List | Method::Open | Method::Index)
+    }
+}
+
+/// A call waiting for a provider: everything needed to answer it, send it on to another
+/// provider, or cancel it.
+struct Pending {
+    call: RoutedRequest,
+    /// The provider it was sent to last.
+    link: Option<Sent>,
+    /// Connections tried so far (each at most once).
+    tried: Vec<u64>,
+    rejected: Option<String>,
+    lost: bool,
+    deadline: Instant,
+    limit: Duration,
+    waiter: Box<dyn Waiter>,
+}
+
+impl Pending {
+    fn settle(self: Box<Self>, result: Result<ProviderResult, FlowError>) {
+        let Pending { call, waiter, .. } = *self;
+        waiter.settle(&call, result);
+    }
+
+    fn sent_to(&self, connection: u64) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.0.connection == connection)
+    }
+}
+
+/// A call sent to a provider counts in its calls in flight (the `balanced` policy reads
+/// them) until the call leaves it, however that happens.
+struct Sent(Arc<Link>);
+
+impl Sent {
+    fn new(link: Arc<Link>) -> Sent {
+        link.in_flight.fetch_add(1, Ordering::Relaxed);
+        Sent(link)
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a frame queued without waiting came to.
+pub enum Queued {
+    Sent,
+    /// No room now; the frame comes back.
+    Full(Bytes),
+    Gone,
 }
 
 /// The deadlines of routed calls.
@@ -183,9 +240,13 @@ struct Inner {
     endpoints: RwLock<HashMap<String, Endpoint>>,
     /// Number of provided endpoints, read without the lock on every call.
     provided: AtomicUsize,
-    pending: DashMap<u64, Pending, foldhash::fast::RandomState>,
+    pending: DashMap<u64, Box<Pending>, foldhash::fast::RandomState>,
     next_call: AtomicU64,
     deadlines: Deadlines,
+    /// Wakes the deadline sweeper when the first call is pending.
+    sweeper: Arc<tokio::sync::Notify>,
+    sweeper_started: AtomicBool,
+    sweeper_idle: AtomicBool,
 }
 
 impl Router {
@@ -197,6 +258,9 @@ impl Router {
                 pending: DashMap::with_hasher(foldhash::fast::RandomState::default()),
                 next_call: AtomicU64::new(1),
                 deadlines,
+                sweeper: Arc::new(tokio::sync::Notify::new()),
+                sweeper_started: AtomicBool::new(false),
+                sweeper_idle: AtomicBool::new(false),
             }),
         }
     }
@@ -372,7 +436,7 @@ impl Router {
     }
 
     /// A connection closed: it provides nothing any more, and the calls waiting for its
-    /// answers are lost (their callers retry or fail at once).
+    /// answers are lost (LIST, OPEN and INDEX move on to another provider, the rest fail).
     pub fn connection_closed(&self, link: &Link) {
         link.closed.store(true, Ordering::SeqCst);
         {
@@ -389,185 +453,278 @@ impl Router {
                 .provided
                 .store(endpoints.len(), Ordering::Release);
         }
-        let lost: Vec<u64> = self
-            .inner
-            .pending
-            .iter()
-            .filter(|p| p.link.connection == link.connection)
-            .map(|p| *p.key())
-            .collect();
-        for callid in lost {
-            if let Some((_, p)) = self.inner.pending.remove(&callid) {
-                let _ = p.tx.send(Settled::Lost);
+        for callid in self.pending_where(|p| p.sent_to(link.connection)) {
+            if let Some((_, p)) = self
+                .inner
+                .pending
+                .remove_if(&callid, |_, p| p.sent_to(link.connection))
+            {
+                self.lost(callid, p);
             }
         }
+    }
+
+    /// A caller's connection closed: its calls are cancelled and their providers told.
+    pub fn caller_gone(&self, connection: u64) {
+        let mine = |p: &Pending| p.call.caller.connection == Some(connection);
+        for callid in self.pending_where(mine) {
+            if let Some((_, p)) = self.inner.pending.remove_if(&callid, |_, p| mine(p)) {
+                cancel(callid, &p, "caller gone");
+            }
+        }
+    }
+
+    /// Cancels one call if it is still pending (its caller stopped waiting).
+    pub fn cancel(&self, callid: u64) {
+        if let Some((_, p)) = self.inner.pending.remove(&callid) {
+            cancel(callid, &p, "caller gone");
+        }
+    }
+
+    fn pending_where(&self, f: impl Fn(&Pending) -> bool) -> Vec<u64> {
+        self.inner
+            .pending
+            .iter()
+            .filter(|p| f(p.value()))
+            .map(|p| *p.key())
+            .collect()
     }
 
     /// A provider's `result` or `reject`: settles the call if `connection` is the one it was
-    /// sent to and it still waits.
+    /// sent to and it still waits; a reject sends it on to the next provider.
     pub fn answer(&self, connection: u64, callid: u64, answer: Answer) -> Result<(), FlowError> {
-        match self
+        let Some((_, mut p)) = self
             .inner
             .pending
-            .remove_if(&callid, |_, p| p.link.connection == connection)
-        {
-            Some((_, p)) => {
-                // The waiter may have given up this very moment; then nobody needs the answer.
-                let _ = p.tx.send(Settled::Answer(answer));
-                Ok(())
-            }
-            None => Err(FlowError::not_found(format!(
+            .remove_if(&callid, |_, p| p.sent_to(connection))
+        else {
+            return Err(FlowError::not_found(format!(
                 "no call {callid} is waiting for an answer from this connection"
-            ))),
+            )));
+        };
+        match answer {
+            Answer::Result(r) => p.settle(Ok(r)),
+            Answer::Reject(reason) => {
+                tracing::debug!(callid, connection, %reason, "call rejected");
+                p.lost = false;
+                p.rejected = Some(reason);
+                self.dispatch(callid, p);
+            }
         }
+        Ok(())
     }
 
-    /// Routes one call to a provider and waits for its answer.
-    pub async fn call(&self, call: RoutedCall<'_>) -> Result<ProviderResult, FlowError> {
+    /// Routes one call to a provider and waits for its answer. Dropping the future cancels
+    /// the call (the provider is told).
+    pub async fn call(&self, call: RoutedRequest) -> Result<ProviderResult, FlowError> {
+        struct Oneshot(oneshot::Sender<Result<ProviderResult, FlowError>>);
+        impl Waiter for Oneshot {
+            fn settle(
+                self: Box<Self>,
+                _: &RoutedRequest,
+                result: Result<ProviderResult, FlowError>,
+            ) {
+                let _ = self.0.send(result);
+            }
+        }
+        struct CancelOnDrop<'a>(&'a Router, u64);
+        impl Drop for CancelOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.cancel(self.1);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let callid = self.start(call, Box::new(Oneshot(tx)));
+        let _cancel = CancelOnDrop(self, callid);
+        rx.await.unwrap_or_else(|_| {
+            Err(FlowError::internal(
+                "the router dropped a call without answering it",
+            ))
+        })
+    }
+
+    /// Starts routing a call; `waiter` learns how it ends. Returns its call id.
+    pub fn start(&self, call: RoutedRequest, waiter: Box<dyn Waiter>) -> u64 {
         let limit = self
             .inner
             .deadlines
             .per_endpoint
-            .get(call.endpoint)
+            .get(call.endpoint.as_str())
             .copied()
             .unwrap_or(self.inner.deadlines.default);
         let limit = match call.timeout_ms {
             Some(ms) => limit.min(Duration::from_millis(ms)),
             None => limit,
         };
-        let deadline = Instant::now() + limit;
         let callid = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
-        let mut tried: Vec<u64> = Vec::new();
-        let mut rejected: Option<String> = None;
-        let mut lost = false;
+        self.ensure_sweeper();
+        let p = Box::new(Pending {
+            call,
+            link: None,
+            tried: Vec::new(),
+            rejected: None,
+            lost: false,
+            deadline: Instant::now() + limit,
+            limit,
+            waiter,
+        });
+        self.dispatch(callid, p);
+        callid
+    }
+
+    /// Sends a pending call to the next provider, or settles it when there is none.
+    fn dispatch(&self, callid: u64, mut p: Box<Pending>) {
         loop {
-            let Some((link, application)) = self.pick(&call, &tried) else {
-                return Err(if lost {
-                    FlowError::new(
-                        ErrorCode::ProviderLost,
-                        format!(
-                            "the provider of {} went away during the call",
-                            call.endpoint
-                        ),
-                    )
-                } else if let Some(reason) = rejected {
-                    FlowError::new(
-                        ErrorCode::NoProvider,
-                        format!(
-                            "every provider of {} rejected the call ({} tried; last reason: {})",
-                            call.endpoint,
-                            tried.len(),
-                            if reason.is_empty() {
-                                "none given"
-                            } else {
-                                &reason
-                            }
-                        ),
-                    )
-                } else {
-                    FlowError::new(
-                        ErrorCode::NoProvider,
-                        format!("no provider serves {} on {}", call.method, call.endpoint),
-                    )
-                });
+            let Some((link, application)) = self.pick(&p.call, &p.tried) else {
+                let e = p.exhausted();
+                p.settle(Err(e));
+                return;
             };
-            tried.push(link.connection);
-            let (tx, rx) = oneshot::channel();
-            self.inner.pending.insert(
-                callid,
-                Pending {
-                    link: link.clone(),
-                    tx,
+            p.tried.push(link.connection);
+            let encoding = link.encoding();
+            let left = p.deadline.saturating_duration_since(Instant::now());
+            let c = &p.call;
+            let frame = encode_invoke(
+                &Invoke {
+                    kind: "invoke",
+                    callid,
+                    method: c.method.as_str(),
+                    endpoint: &c.endpoint,
+                    application: &application,
+                    objectid: c.objectid.as_deref(),
+                    namespace: &c.namespace,
+                    parameters: c.parameters.as_ref().filter(|p| !p.is_empty()),
+                    data: c.data.as_ref(),
+                    caller: &c.caller,
+                    timeout: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
                 },
+                encoding,
             );
-            link.in_flight.fetch_add(1, Ordering::Relaxed);
-            let mut waiting = Waiting {
-                router: &self.inner,
-                callid,
-                link: &link,
-                reason: "caller gone",
-                settled: false,
+            let deadline = p.deadline;
+            p.link = Some(Sent::new(link.clone()));
+            // Pending before the invoke leaves: the answer may come back at once.
+            self.inner.pending.insert(callid, p);
+            if self.inner.sweeper_idle.swap(false, Ordering::AcqRel) {
+                self.inner.sweeper.notify_one();
+            }
+            let gone = match link.out.try_send(frame, encoding) {
+                Queued::Sent => false,
+                Queued::Gone => true,
+                Queued::Full(frame) => {
+                    // The provider is not reading: wait for room, within the deadline.
+                    let router = self.clone();
+                    tokio::spawn(async move {
+                        let sent =
+                            tokio::time::timeout_at(deadline, link.out.send(frame, encoding)).await;
+                        if matches!(sent, Ok(Err(()))) {
+                            router.lost_if_pending(callid, link.connection);
+                        }
+                        // Past the deadline the sweeper answers the call.
+                    });
+                    return;
+                }
             };
-            // The connection may have closed between the pick and the insert; its closing
-            // scan of the pending calls may have missed this one.
-            let settled = if link.closed.load(Ordering::SeqCst) {
-                waiting.forget();
-                Settled::Lost
-            } else {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let encoding = link.encoding();
-                let frame = encode_invoke(
-                    &Invoke {
-                        kind: "invoke",
-                        callid,
-                        method: call.method.as_str(),
-                        endpoint: call.endpoint,
-                        application: &application,
-                        objectid: call.objectid,
-                        namespace: call.namespace,
-                        parameters: call.parameters.filter(|p| !p.is_empty()),
-                        data: call.data,
-                        caller: call.caller,
-                        timeout: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-                    },
-                    encoding,
+            // A connection that closed after the pick may have scanned the pending calls
+            // before this one was in.
+            if !gone && !link.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            match self
+                .inner
+                .pending
+                .remove_if(&callid, |_, p| p.sent_to(link.connection))
+            {
+                Some((_, back)) => {
+                    p = back;
+                    if !p.call.changes_nothing() {
+                        let e = lost_error(&p.call.endpoint);
+                        p.settle(Err(e));
+                        return;
+                    }
+                    p.lost = true;
+                }
+                // Someone else settled it meanwhile.
+                None => return,
+            }
+        }
+    }
+
+    fn lost_if_pending(&self, callid: u64, connection: u64) {
+        if let Some((_, p)) = self
+            .inner
+            .pending
+            .remove_if(&callid, |_, p| p.sent_to(connection))
+        {
+            self.lost(callid, p);
+        }
+    }
+
+    /// The provider of a pending call (already removed from the table) is gone.
+    fn lost(&self, callid: u64, mut p: Box<Pending>) {
+        if p.call.changes_nothing() {
+            p.lost = true;
+            self.dispatch(callid, p);
+        } else {
+            let e = lost_error(&p.call.endpoint);
+            p.settle(Err(e));
+        }
+    }
+
+    /// Starts the task that fails calls past their deadline, once.
+    fn ensure_sweeper(&self) {
+        if self.inner.sweeper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let notify = self.inner.sweeper.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let router = Router { inner };
+                if router.inner.pending.is_empty() {
+                    router.inner.sweeper_idle.store(true, Ordering::Release);
+                    // A call that came in meanwhile finds the flag set and wakes us; Notify
+                    // keeps the wake-up if it comes before we wait.
+                    if router.inner.pending.is_empty() {
+                        drop(router);
+                        notify.notified().await;
+                        continue;
+                    }
+                    router.inner.sweeper_idle.store(false, Ordering::Release);
+                }
+                router.sweep(Instant::now());
+                drop(router);
+                tokio::time::sleep(SWEEP_EVERY).await;
+            }
+        });
+    }
+
+    /// Fails every call whose deadline has passed.
+    fn sweep(&self, now: Instant) {
+        for callid in self.pending_where(|p| p.deadline <= now) {
+            if let Some((_, p)) = self
+                .inner
+                .pending
+                .remove_if(&callid, |_, p| p.deadline <= now)
+            {
+                cancel(callid, &p, "timeout");
+                let e = FlowError::new(
+                    ErrorCode::ProviderTimeout,
+                    format!(
+                        "the provider of {} did not answer within {} ms",
+                        p.call.endpoint,
+                        p.limit.as_millis()
+                    ),
                 );
-                let waited = tokio::time::timeout_at(deadline, async {
-                    if link.out.send(frame, encoding).await.is_err() {
-                        return Ok(Settled::Lost);
-                    }
-                    rx.await
-                })
-                .await;
-                match waited {
-                    Err(_elapsed) => {
-                        waiting.reason = "timeout";
-                        drop(waiting);
-                        return Err(FlowError::new(
-                            ErrorCode::ProviderTimeout,
-                            format!(
-                                "the provider of {} did not answer within {} ms",
-                                call.endpoint,
-                                limit.as_millis()
-                            ),
-                        ));
-                    }
-                    // The pending entry went without a word: only a closing connection
-                    // does that.
-                    Ok(Err(_)) => Settled::Lost,
-                    Ok(Ok(s)) => s,
-                }
-            };
-            waiting.settled = true;
-            drop(waiting);
-            match settled {
-                Settled::Answer(Answer::Result(r)) => return Ok(r),
-                Settled::Answer(Answer::Reject(reason)) => {
-                    tracing::debug!(callid, connection = link.connection, %reason, "call rejected");
-                    lost = false;
-                    rejected = Some(reason);
-                }
-                Settled::Lost => {
-                    self.inner.pending.remove(&callid);
-                    if !call.method_changes_nothing() {
-                        return Err(FlowError::new(
-                            ErrorCode::ProviderLost,
-                            format!(
-                                "the provider of {} went away during the call",
-                                call.endpoint
-                            ),
-                        ));
-                    }
-                    lost = true;
-                }
+                p.settle(Err(e));
             }
         }
     }
 
     /// Picks a provider serving the call's method that has not been tried.
-    fn pick(&self, call: &RoutedCall<'_>, tried: &[u64]) -> Option<(Arc<Link>, Arc<str>)> {
+    fn pick(&self, call: &RoutedRequest, tried: &[u64]) -> Option<(Arc<Link>, Arc<str>)> {
         let endpoints = self.inner.endpoints.read();
-        let e = endpoints.get(call.endpoint)?;
+        let e = endpoints.get(call.endpoint.as_str())?;
         let eligible = |s: &Slot| {
             s.methods.contains(call.method)
                 && !tried.contains(&s.link.connection)
@@ -597,50 +754,59 @@ impl Router {
     }
 }
 
-impl RoutedCall<'_> {
-    /// LIST, OPEN and INDEX may be sent to another provider when theirs is lost.
-    fn method_changes_nothing(&self) -> bool {
-        matches!(self.method, Method::List | Method::Open | Method::Index)
-    }
-}
+/// How often the deadline sweeper looks for calls past their deadline (while any call is
+/// pending): a deadline is kept to within this much.
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
-/// A call sent to a provider and not yet settled. Dropped unsettled (deadline, caller gone),
-/// it forgets the pending call and tells the provider.
-struct Waiting<'a> {
-    router: &'a Inner,
-    callid: u64,
-    link: &'a Arc<Link>,
-    reason: &'static str,
-    settled: bool,
-}
-
-impl Waiting<'_> {
-    fn forget(&mut self) {
-        self.router.pending.remove(&self.callid);
-        self.settled = true;
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.link.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.settled {
-            return;
-        }
-        // Still pending: nobody answered. If the answer raced in, it is simply dropped.
-        if self.router.pending.remove(&self.callid).is_some() {
-            let encoding = self.link.encoding();
-            let frame = encode_cancel(self.callid, self.reason, encoding);
-            // A full queue drops the cancel: the provider's answer will be refused anyway.
-            let _ = self.link.out.try_send(frame, encoding);
-            tracing::debug!(
-                callid = self.callid,
-                connection = self.link.connection,
-                reason = self.reason,
-                "call cancelled"
-            );
+impl Pending {
+    /// The error of a call no provider is left to try.
+    fn exhausted(&self) -> FlowError {
+        let ep = &self.call.endpoint;
+        if self.lost {
+            lost_error(ep)
+        } else if let Some(reason) = &self.rejected {
+            FlowError::new(
+                ErrorCode::NoProvider,
+                format!(
+                    "every provider of {ep} rejected the call ({} tried; last reason: {})",
+                    self.tried.len(),
+                    if reason.is_empty() {
+                        "none given"
+                    } else {
+                        reason
+                    }
+                ),
+            )
+        } else {
+            FlowError::new(
+                ErrorCode::NoProvider,
+                format!("no provider serves {} on {ep}", self.call.method),
+            )
         }
     }
+}
+
+fn lost_error(endpoint: &str) -> FlowError {
+    FlowError::new(
+        ErrorCode::ProviderLost,
+        format!("the provider of {endpoint} went away during the call"),
+    )
+}
+
+/// Tells the provider of a call, dropped from the table unanswered, to stop working on it.
+fn cancel(callid: u64, p: &Pending, reason: &'static str) {
+    let Some(Sent(link)) = &p.link else { return };
+    let encoding = link.encoding();
+    // A full queue drops the cancel: the provider's answer will be refused anyway.
+    let _ = link
+        .out
+        .try_send(encode_cancel(callid, reason, encoding), encoding);
+    tracing::debug!(
+        callid,
+        connection = link.connection,
+        reason,
+        "call cancelled"
+    );
 }
 
 fn not_providing(endpoint: &str) -> FlowError {

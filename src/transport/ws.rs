@@ -38,10 +38,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::Hub;
-use crate::dispatch::log_error;
+use crate::dispatch::{log_error, ReplySink};
 use crate::protocol::frame::{decode, parse_frame, requestid_of};
 use crate::protocol::{encode, Caller, Encoding, FlowError, Frame, Framing, Outcome, Success};
-use crate::router::{Link, Outbox};
+use crate::router::{Link, Outbox, Queued};
 
 /// Numbers the WebSocket connections of this hub run (`caller.connection` in invokes).
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -67,8 +67,49 @@ impl Outbox for WsOutbox {
             self.0.send(msg).await.map_err(|_| ())
         })
     }
-    fn try_send(&self, frame: Bytes, encoding: Encoding) -> bool {
-        message(frame, encoding).is_some_and(|m| self.0.try_send(m).is_ok())
+    fn try_send(&self, frame: Bytes, encoding: Encoding) -> Queued {
+        use mpsc::error::TrySendError;
+        let Some(msg) = message(frame.clone(), encoding) else {
+            return Queued::Gone;
+        };
+        match self.0.try_send(msg) {
+            Ok(()) => Queued::Sent,
+            Err(TrySendError::Full(_)) => Queued::Full(frame),
+            Err(TrySendError::Closed(_)) => Queued::Gone,
+        }
+    }
+}
+
+/// A call's reply, sent from whichever task ends the call (for a routed call, the
+/// provider's reader). Holds the call's permit until the reply is queued.
+struct WsReply {
+    tx: mpsc::Sender<Message>,
+    requestid: Option<serde_json::Value>,
+    encoding: Encoding,
+    permit: OwnedSemaphorePermit,
+}
+
+impl ReplySink for WsReply {
+    fn send(self: Box<Self>, outcome: Outcome) {
+        use mpsc::error::TrySendError;
+        let bytes = encode(
+            &outcome,
+            Framing::Ws {
+                requestid: self.requestid.as_ref(),
+            },
+            self.encoding,
+        );
+        let Some(msg) = message(bytes, self.encoding) else {
+            return;
+        };
+        if let Err(TrySendError::Full(msg)) = self.tx.try_send(msg) {
+            // The client reads slowly: wait for room in a task, still holding the permit.
+            let WsReply { tx, permit, .. } = *self;
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+                drop(permit);
+            });
+        }
     }
 }
 
@@ -78,9 +119,6 @@ struct Peer {
     caller: Caller,
     /// Its side as a provider.
     link: Arc<Link>,
-    /// Cancelled when the client has gone: its routed calls stop waiting, and their
-    /// providers get a `cancel`.
-    gone: tokio_util::sync::CancellationToken,
 }
 
 /// Answers the upgrade request and starts the session once hyper hands the socket over.
@@ -166,15 +204,15 @@ where
             ..Caller::default()
         },
         link: Link::new(connection, Box::new(WsOutbox(out_tx.clone()))),
-        gone: tokio_util::sync::CancellationToken::new(),
     };
     let close = read_loop(&mut stream, &hub, &out_tx, &in_flight, &peer).await;
     // The client's routed calls stop waiting; as a provider it serves nothing any more, and
     // the calls it was answering fail (or move on) at once.
+    let router = hub.dispatcher.router();
     if close.code != CloseCode::Away {
-        peer.gone.cancel();
+        router.caller_gone(connection);
     }
-    hub.dispatcher.router().connection_closed(&peer.link);
+    router.connection_closed(&peer.link);
 
     let all = u32::try_from(hub.config.max_calls_in_flight).unwrap_or(u32::MAX);
     let grace = Duration::from_millis(hub.config.shutdown_grace_ms);
@@ -285,19 +323,22 @@ where
         let router = hub.dispatcher.router();
         match parse_frame(value) {
             Ok(Frame::Call { requestid, request }) => {
+                if hub.dispatcher.routes(&request) {
+                    // Answered from the provider's side; no task waits for it.
+                    let sink = WsReply {
+                        tx,
+                        requestid,
+                        encoding,
+                        permit,
+                    };
+                    hub.dispatcher
+                        .call_with(request, peer.caller.clone(), Box::new(sink));
+                    continue;
+                }
                 let dispatcher = hub.dispatcher.clone();
                 let caller = peer.caller.clone();
-                // A routed call waits on another connection: it stops when this client goes.
-                let gone = dispatcher.routes(&request).then(|| peer.gone.clone());
                 tokio::spawn(async move {
-                    let call = dispatcher.call_from(request, &caller);
-                    let outcome = match gone {
-                        None => call.await,
-                        Some(gone) => tokio::select! {
-                            o = call => o,
-                            () = gone.cancelled() => return,
-                        },
-                    };
+                    let outcome = dispatcher.call_from(request, &caller).await;
                     send(&tx, &outcome, requestid.as_ref(), encoding).await;
                     drop(permit);
                 });
@@ -361,11 +402,19 @@ async fn write_loop<S>(
         if sink.feed(msg).await.is_err() {
             break;
         }
-        while !closing {
-            let Ok(more) = out_rx.try_recv() else { break };
-            closing = matches!(more, Message::Close(_));
-            if sink.feed(more).await.is_err() {
-                break 'outer;
+        // Drain what is queued; then let the tasks woken alongside this one queue theirs
+        // (replies finishing in the same tick) and drain again, so that one write carries
+        // many frames: a flush per frame costs a system call per reply.
+        for round in 0..2 {
+            if round == 1 {
+                tokio::task::yield_now().await;
+            }
+            while !closing {
+                let Ok(more) = out_rx.try_recv() else { break };
+                closing = matches!(more, Message::Close(_));
+                if sink.feed(more).await.is_err() {
+                    break 'outer;
+                }
             }
         }
         if sink.flush().await.is_err() || closing {
