@@ -161,11 +161,6 @@ impl Dispatcher {
         &self.router
     }
 
-    /// Whether this call goes to a provider (and so may wait on another connection).
-    pub fn routes(&self, request: &Request) -> bool {
-        self.router.serves(&request.endpoint, request.method)
-    }
-
     /// Runs a call whose outcome goes to `sink` instead of being awaited. A call to a provider
     /// is checked and handed to the router here, and answered from the provider's side (no
     /// task waits for it); any other call runs in a task of its own.

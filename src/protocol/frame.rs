@@ -48,13 +48,9 @@ pub enum Frame {
 /// Decodes bytes into a JSON value, refusing nesting deeper than `max_depth`.
 pub fn decode(bytes: &[u8], encoding: Encoding, max_depth: usize) -> Result<Value, FlowError> {
     let value = match encoding {
-        Encoding::Json => serde_json::from_slice::<Value>(bytes).map_err(|e| {
-            if e.to_string().contains("recursion limit") {
-                depth_error(max_depth)
-            } else {
-                FlowError::invalid(format!("frame is not valid JSON: {e}"))
-            }
-        })?,
+        Encoding::Json => {
+            serde_json::from_slice::<Value>(bytes).map_err(|e| json_error(&e, max_depth))?
+        }
         Encoding::MsgPack => {
             let mut rest: &[u8] = bytes;
             let mut de = rmp_serde::Deserializer::new(&mut rest);
@@ -80,6 +76,24 @@ pub fn decode(bytes: &[u8], encoding: Encoding, max_depth: usize) -> Result<Valu
         return Err(depth_error(max_depth));
     }
     Ok(value)
+}
+
+/// Decodes a WebSocket text frame (already known to be UTF-8) into a JSON value, refusing
+/// nesting deeper than `max_depth`.
+pub fn decode_text(text: &str, max_depth: usize) -> Result<Value, FlowError> {
+    let value = serde_json::from_str::<Value>(text).map_err(|e| json_error(&e, max_depth))?;
+    if depth(&value) > max_depth {
+        return Err(depth_error(max_depth));
+    }
+    Ok(value)
+}
+
+fn json_error(e: &serde_json::Error, max_depth: usize) -> FlowError {
+    if e.to_string().contains("recursion limit") {
+        depth_error(max_depth)
+    } else {
+        FlowError::invalid(format!("frame is not valid JSON: {e}"))
+    }
 }
 
 fn depth_error(max_depth: usize) -> FlowError {

@@ -15,7 +15,6 @@
 //! the endpoint table, and an invoke waits for room in the provider's outbound queue only
 //! within the call's own deadline.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +32,9 @@ use crate::protocol::provider::{
     encode_cancel, encode_invoke, Answer, Invoke, MethodSet, Policy, Provide, ProviderResult,
 };
 use crate::protocol::{Caller, Encoding, ErrorCode, FlowError, Method};
+
+/// The router's maps are looked up on every routed call.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Most endpoints one connection may provide.
 pub const MAX_PROVIDED: usize = 1024;
@@ -214,7 +216,7 @@ pub enum Queued {
 #[derive(Debug, Clone)]
 pub struct Deadlines {
     pub default: Duration,
-    pub per_endpoint: HashMap<String, Duration>,
+    pub per_endpoint: FastMap<String, Duration>,
 }
 
 impl Deadlines {
@@ -237,7 +239,7 @@ pub struct Router {
 }
 
 struct Inner {
-    endpoints: RwLock<HashMap<String, Endpoint>>,
+    endpoints: RwLock<FastMap<String, Endpoint>>,
     /// Number of provided endpoints, read without the lock on every call.
     provided: AtomicUsize,
     pending: DashMap<u64, Box<Pending>, foldhash::fast::RandomState>,
@@ -253,7 +255,7 @@ impl Router {
     pub fn new(deadlines: Deadlines) -> Router {
         Router {
             inner: Arc::new(Inner {
-                endpoints: RwLock::new(HashMap::new()),
+                endpoints: RwLock::new(FastMap::default()),
                 provided: AtomicUsize::new(0),
                 pending: DashMap::with_hasher(foldhash::fast::RandomState::default()),
                 next_call: AtomicU64::new(1),

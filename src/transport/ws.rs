@@ -39,7 +39,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::Hub;
 use crate::dispatch::{log_error, ReplySink};
-use crate::protocol::frame::{decode, parse_frame, requestid_of};
+use crate::protocol::frame::{decode, decode_text, parse_frame, requestid_of};
 use crate::protocol::{encode, Caller, Encoding, FlowError, Frame, Framing, Outcome, Success};
 use crate::router::{Link, Outbox, Queued};
 
@@ -275,10 +275,10 @@ where
             _ = &mut writer_gone => return gone(),
             m = stream.next() => m,
         };
-        let (bytes, encoding) = match msg {
+        let (text, bytes, encoding) = match msg {
             None => return gone(),
-            Some(Ok(Message::Text(t))) => (Bytes::from(t), Encoding::Json),
-            Some(Ok(Message::Binary(b))) => (b, Encoding::MsgPack),
+            Some(Ok(Message::Text(t))) => (Some(t), Bytes::new(), Encoding::Json),
+            Some(Ok(Message::Binary(b))) => (None, b, Encoding::MsgPack),
             // tungstenite queues the reply to the client's close frame; the writer sends it.
             Some(Ok(Message::Close(_))) => return close_frame(CloseCode::Normal, ""),
             Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
@@ -300,19 +300,22 @@ where
             }
         };
         let tx = out_tx.clone();
-        if bytes.len() > max {
+        let len = text.as_ref().map_or(bytes.len(), |t| t.len());
+        if len > max {
             let outcome: Outcome = Err(log_error(
-                FlowError::too_large(format!(
-                    "message of {} bytes is larger than {max} bytes",
-                    bytes.len()
-                )),
+                FlowError::too_large(format!("message of {len} bytes is larger than {max} bytes")),
                 None,
                 "-",
             ));
             reply_later(tx, outcome, None, encoding, permit);
             continue;
         }
-        let value = match decode(&bytes, encoding, hub.config.max_depth) {
+        // A text frame is UTF-8 already; the JSON parser need not check it again.
+        let decoded = match &text {
+            Some(t) => decode_text(t.as_str(), hub.config.max_depth),
+            None => decode(&bytes, encoding, hub.config.max_depth),
+        };
+        let value = match decoded {
             Ok(v) => v,
             Err(e) => {
                 reply_later(tx, Err(log_error(e, None, "-")), None, encoding, permit);
@@ -323,25 +326,16 @@ where
         let router = hub.dispatcher.router();
         match parse_frame(value) {
             Ok(Frame::Call { requestid, request }) => {
-                if hub.dispatcher.routes(&request) {
-                    // Answered from the provider's side; no task waits for it.
-                    let sink = WsReply {
-                        tx,
-                        requestid,
-                        encoding,
-                        permit,
-                    };
-                    hub.dispatcher
-                        .call_with(request, peer.caller.clone(), Box::new(sink));
-                    continue;
-                }
-                let dispatcher = hub.dispatcher.clone();
-                let caller = peer.caller.clone();
-                tokio::spawn(async move {
-                    let outcome = dispatcher.call_from(request, &caller).await;
-                    send(&tx, &outcome, requestid.as_ref(), encoding).await;
-                    drop(permit);
-                });
+                // A call to a provider is answered from the provider's side; any other runs
+                // in a task of its own. Either way the reply holds this frame's permit.
+                let sink = WsReply {
+                    tx,
+                    requestid,
+                    encoding,
+                    permit,
+                };
+                hub.dispatcher
+                    .call_with(request, peer.caller.clone(), Box::new(sink));
             }
             Ok(Frame::Answer {
                 requestid,
