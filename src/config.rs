@@ -65,6 +65,9 @@ pub struct Config {
     pub call_timeout_ms: u64,
     /// `call_timeout_ms` per endpoint: `"scheduler/queue" = 60000`.
     pub call_timeout: BTreeMap<String, u64>,
+    /// Authentication: `[auth]` (see `docs/CONFIGURATION.md`), or `auth = "none"`.
+    #[serde(deserialize_with = "crate::auth::config::deserialize")]
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -91,6 +94,7 @@ impl Default for Config {
             index: BTreeMap::new(),
             call_timeout_ms: 10_000,
             call_timeout: BTreeMap::new(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -175,6 +179,13 @@ impl Config {
                 "AUTO_INDEX_MIN" => self.auto_index_min = num(&key, &v)?,
                 "MAX_LIST_ITEMS" => self.max_list_items = num(&key, &v)?,
                 "CALL_TIMEOUT_MS" => self.call_timeout_ms = num(&key, &v)?,
+                "AUTH" => self.auth.mode = v,
+                "ADMIN_USER" => self.auth.admin_user = v,
+                "ADMIN_PASSWORD" => {
+                    self.auth.admin_password = (!v.is_empty()).then_some(crate::auth::Secret(v))
+                }
+                "TOKEN_LIFETIME_S" => self.auth.token_lifetime_s = num(&key, &v)?,
+                "AUTH_TIMEOUT_MS" => self.auth.auth_timeout_ms = num(&key, &v)?,
                 _ => {}
             }
         }
@@ -238,6 +249,7 @@ impl Config {
         if self.max_list_items == 0 {
             return Err("max_list_items must be at least 1".into());
         }
+        self.auth.validate()?;
         if self.max_depth > 128 {
             return Err("max_depth must be at most 128".into());
         }

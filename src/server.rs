@@ -178,12 +178,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let Opened { store, _lock } = opened;
+    let auth = crate::auth::Auth::start(&config.auth, store.clone(), &config.data_dir).await;
     let hub = Hub {
         dispatcher: Dispatcher::with_router(
             store.clone(),
             Router::new(Deadlines::from_config(&config)),
             config.max_list_items,
-        ),
+        )
+        .with_auth(auth),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),

@@ -47,6 +47,11 @@ pub struct Hub {
     pub force: CancellationToken,
 }
 
+/// The client's address, put in every request's extensions for the HTTP bridge and the
+/// WebSocket upgrade (login throttling per address).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Accepts connections until `stop` is cancelled, then waits (at most the configured grace)
 /// for calls in flight to finish, drops what is left and returns once every connection and
 /// session task has ended.
@@ -79,8 +84,10 @@ pub async fn serve(listener: TcpListener, hub: Hub, stop: CancellationToken) {
         let permit = Arc::new(permit);
         let hub2 = hub.clone();
         let conn_permit = permit.clone();
-        let service =
-            hyper::service::service_fn(move |req| route(req, hub2.clone(), conn_permit.clone()));
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            route(req, hub2.clone(), conn_permit.clone())
+        });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(Duration::from_millis(hub.config.handshake_timeout_ms))
