@@ -68,6 +68,10 @@ pub struct Config {
     /// Authentication: `[auth]` (see `docs/CONFIGURATION.md`), or `auth = "none"`.
     #[serde(deserialize_with = "crate::auth::config::deserialize")]
     pub auth: crate::auth::AuthConfig,
+    /// PEM certificate chain: with `tls_key`, the listener speaks TLS (HTTPS and WSS).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -95,6 +99,8 @@ impl Default for Config {
             call_timeout_ms: 10_000,
             call_timeout: BTreeMap::new(),
             auth: crate::auth::AuthConfig::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -186,6 +192,8 @@ impl Config {
                 }
                 "TOKEN_LIFETIME_S" => self.auth.token_lifetime_s = num(&key, &v)?,
                 "AUTH_TIMEOUT_MS" => self.auth.auth_timeout_ms = num(&key, &v)?,
+                "TLS_CERT" => self.tls_cert = Some(PathBuf::from(v)),
+                "TLS_KEY" => self.tls_key = Some(PathBuf::from(v)),
                 _ => {}
             }
         }
@@ -250,6 +258,9 @@ impl Config {
             return Err("max_list_items must be at least 1".into());
         }
         self.auth.validate()?;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together: give both or neither".into());
+        }
         if self.max_depth > 128 {
             return Err("max_depth must be at most 128".into());
         }

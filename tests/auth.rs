@@ -1049,3 +1049,80 @@ async fn open_mode_is_announced_loudly() {
     assert!(log.lock().unwrap().contains("AUTHENTICATION IS OFF"));
     assert!(!data.path().join("admin-password").exists());
 }
+
+#[tokio::test]
+async fn tls_serves_https_and_wss_on_the_one_listener() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key_pair.serialize_pem()).unwrap();
+    let mut c = config();
+    c.tls_cert = Some(cert_file);
+    c.tls_key = Some(key_file);
+    let hub = TestHub::start_secure(c).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+
+    // HTTPS: a seed call with Basic credentials.
+    let tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+    let req = format!(
+        "GET /api/hub/hub/endpoint/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        basic("admin", ADMIN_PW)
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tls.read_to_end(&mut reply).await.unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"success\":true"), "{text}");
+
+    // WSS: a login frame and a call.
+    let tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .unwrap();
+    for frame in [
+        json!({"type": "login", "requestid": 1, "username": "admin", "password": ADMIN_PW}),
+        json!({"requestid": 2, "endpoint": "hub/endpoint", "method": "LIST"}),
+    ] {
+        futures_util::SinkExt::send(&mut ws, Message::text(frame.to_string()))
+            .await
+            .unwrap();
+        let reply = loop {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(t) => break serde_json::from_str::<serde_json::Value>(&t).unwrap(),
+                _ => continue,
+            }
+        };
+        assert_eq!(reply["success"], true, "{reply}");
+        assert_eq!(reply["requestid"], frame["requestid"]);
+    }
+
+    // Plain HTTP on the TLS port gets no reply.
+    let mut plain = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+    hub.stop().await;
+}
