@@ -1126,3 +1126,50 @@ async fn tls_serves_https_and_wss_on_the_one_listener() {
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn flowhub_call_logs_in_with_user_and_password_or_a_token() {
+    let hub = TestHub::start_secure(config()).await;
+    let t = token(&hub, "admin", ADMIN_PW).await;
+    let run = |env: Vec<(&'static str, String)>| {
+        let url = hub.ws_url();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowhub"))
+                .args(["call", "hub/endpoint", "LIST"])
+                .env_clear()
+                .env("FLOWHUB_URL", url)
+                .envs(env)
+                .output()
+                .unwrap();
+            let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            (out.status.code(), reply)
+        })
+    };
+    let (code, reply) = run(vec![]).await.unwrap();
+    assert_eq!(
+        (code, &reply["errorcode"]),
+        (Some(1), &json!("UNAUTHORIZED")),
+        "{reply}"
+    );
+    let (code, reply) = run(vec![
+        ("FLOWHUB_USER", "admin".into()),
+        ("FLOWHUB_PASSWORD", "wrong-password".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        (code, &reply["errorcode"]),
+        (Some(1), &json!("UNAUTHORIZED")),
+        "{reply}"
+    );
+    let (code, reply) = run(vec![
+        ("FLOWHUB_USER", "admin".into()),
+        ("FLOWHUB_PASSWORD", ADMIN_PW.into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{reply}");
+    let (code, reply) = run(vec![("FLOWHUB_TOKEN", t)]).await.unwrap();
+    assert_eq!(code, Some(0), "{reply}");
+    hub.stop().await;
+}
