@@ -1173,3 +1173,53 @@ async fn flowhub_call_logs_in_with_user_and_password_or_a_token() {
     assert_eq!(code, Some(0), "{reply}");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_logs_in_provides_and_calls_with_authentication_on() {
+    use flowhub_client::{Answer, Call, Client, ClientConfig, Invocation, Method, Provide};
+    let hub = TestHub::start_secure(config()).await;
+    make_user(&hub, "inventory-svc", &["inventory"], &[]).await;
+    make_user(&hub, "screen", &["gui"], &[]).await;
+    let provider = Client::connect(
+        ClientConfig::new(&hub.ws_url()).with_password("inventory-svc", "inventory-svc-password"),
+    )
+    .await
+    .unwrap();
+    provider
+        .provide(
+            Provide::new("inventory/device").methods([Method::List]),
+            |inv: Invocation| async move {
+                Answer::list(vec![json!({"id": "d1", "asked_by": inv.caller.user})], 1)
+            },
+        )
+        .await
+        .unwrap();
+    // Its role does not let it provide elsewhere.
+    let err = provider
+        .provide(
+            Provide::new("address/address"),
+            |_inv: Invocation| async move { Answer::ok(json!({})) },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.errorcode(), Some("FORBIDDEN"), "{err}");
+    let gui = Client::connect(
+        ClientConfig::new(&hub.ws_url()).with_password("screen", "screen-password"),
+    )
+    .await
+    .unwrap();
+    let r = gui.call(Call::list("inventory/device")).await.unwrap();
+    assert_eq!(r.data[0]["asked_by"], "screen");
+    let err = gui
+        .call(Call::create("inventory/device", json!({"id": "x"})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.errorcode(), Some("FORBIDDEN"), "{err}");
+    // A wrong password fails the connect with the hub's error.
+    let err =
+        Client::connect(ClientConfig::new(&hub.ws_url()).with_password("screen", "wrong-password"))
+            .await
+            .unwrap_err();
+    assert_eq!(err.errorcode(), Some("UNAUTHORIZED"), "{err}");
+    hub.stop().await;
+}

@@ -355,6 +355,7 @@ async fn user(auth: &Auth, req: &Request, who: &Identity) -> Result<Success, Flo
             })
             .await?;
             auth.inner.users.remove(&name);
+            auth.changed();
             auth.revoke_user_tokens(&name).await?;
             tracing::info!(user = %name, by = who.name().unwrap_or("-"), "user deleted (its tokens revoked)");
             Ok(Success::value(json!({"id": name, "deleted": true})))

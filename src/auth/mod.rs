@@ -233,6 +233,9 @@ struct Inner {
     basic_cache: DashMap<[u8; 32], BasicHit>,
     /// Random per process: the Basic cache's keys cannot be computed without it.
     basic_key: [u8; 32],
+    /// Grows with every change that may take a right away (roles, users, revocations), so
+    /// long-lived grants (subscriptions) can be re-checked when it moves.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Most Basic pairs remembered at once.
@@ -258,6 +261,7 @@ impl Auth {
                 ),
                 basic_cache: DashMap::new(),
                 basic_key: rand::random(),
+                generation: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -370,6 +374,22 @@ impl Auth {
             }
         }
         *self.inner.rules.write() = Arc::new(Rules { roles });
+        self.changed();
+    }
+
+    /// A number that grows whenever a role, a user or a token changes in a way that may take
+    /// a right away. A subscription checked with [`Auth::may_subscribe`] at generation `g`
+    /// needs checking again only once this is past `g`.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The roles in force.
@@ -438,7 +458,10 @@ impl Auth {
         if e.version < user.version {
             *e = user.clone();
         }
-        e.clone()
+        let cached = e.clone();
+        drop(e);
+        self.changed();
+        cached
     }
 
     async fn create_user(
@@ -567,6 +590,23 @@ impl Auth {
                 "authentication required: log in first ({\"type\": \"login\", \"token\": ...}) or \
                  send a token with the frame",
             )),
+        }
+    }
+
+    /// The identity behind a WebSocket frame that is not a call (`provide`, `subscribe`): the
+    /// frame's own token if it has one, else the connection's login. Never checks a password.
+    pub fn frame_identity(
+        &self,
+        creds: &Credentials,
+        token: Option<&str>,
+    ) -> Result<Identity, FlowError> {
+        if self.is_open() {
+            return Ok(Identity::open());
+        }
+        match (&creds.session, token) {
+            (Some(s), _) => self.session_identity(s, token),
+            (None, Some(t)) => self.identify_token(t),
+            (None, None) => Err(unauthorized("authentication required")),
         }
     }
 
@@ -746,6 +786,7 @@ impl Auth {
             return Ok(false);
         };
         entry.revoked.cancel();
+        self.changed();
         match self
             .write(WriteOp::Delete {
                 endpoint: TOKEN_ENDPOINT.into(),
@@ -981,7 +1022,12 @@ mod tests {
     #[tokio::test]
     async fn subscribe_and_provide_follow_the_roles() {
         let (auth, _dir) = engine().await;
+        let before = auth.generation();
         let gui = who(&auth, "gui", &["gui"], &[]).await;
+        assert!(
+            auth.generation() > before,
+            "a new user moves the generation"
+        );
         let acme = who(&auth, "acme", &["tenant"], &["acme"]).await;
         let inv = who(&auth, "inv", &["inventory"], &[]).await;
         assert!(auth.may_subscribe(&gui, "address/address", "").is_ok());
@@ -1002,6 +1048,17 @@ mod tests {
         assert!(admin.is_admin());
         assert!(auth.may_subscribe(&admin, "address/address", "x").is_ok());
         assert!(auth.may_subscribe(&admin, "auth/token", "").is_err());
+        // A frame's token or the connection's login identifies it.
+        let creds = Credentials {
+            session: Some(Session::new()),
+            ..Credentials::default()
+        };
+        let e = auth.frame_identity(&creds, None).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+        let user = auth.user("gui").unwrap();
+        let (token, _) = auth.issue_token(&user).await.unwrap();
+        let by_token = auth.frame_identity(&creds, Some(&token)).unwrap();
+        assert_eq!(by_token.name(), Some("gui"));
         // Open mode allows everything.
         assert!(auth.may_subscribe(&Identity::open(), "a/b", "c").is_ok());
     }

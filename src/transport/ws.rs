@@ -393,10 +393,7 @@ fn may_provide(
     provide: &crate::protocol::provider::Provide,
 ) -> Result<(), FlowError> {
     let auth = hub.dispatcher.auth();
-    let Some(session) = &peer.creds.session else {
-        return Ok(());
-    };
-    let who = auth.session_identity(session, provide.token.as_deref())?;
+    let who = auth.frame_identity(&peer.creds, provide.token.as_deref())?;
     auth.may_provide(&who, &provide.endpoint)
 }
 
