@@ -626,7 +626,11 @@ impl Auth {
             roles: &user.roles,
             namespaces: &user.namespaces,
         };
-        self.rules().check(&subject, action, endpoint, namespace)
+        // Checked under the read lock: no reference count touched on the hot path.
+        self.inner
+            .rules
+            .read()
+            .check(&subject, action, endpoint, namespace)
     }
 
     /// Whether `who` may provide `endpoint`: called by the WebSocket session before
