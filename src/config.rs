@@ -65,6 +65,13 @@ pub struct Config {
     pub call_timeout_ms: u64,
     /// `call_timeout_ms` per endpoint: `"scheduler/queue" = 60000`.
     pub call_timeout: BTreeMap<String, u64>,
+    /// Authentication: `[auth]` (see `docs/CONFIGURATION.md`), or `auth = "none"`.
+    #[serde(deserialize_with = "crate::auth::config::deserialize")]
+    pub auth: crate::auth::AuthConfig,
+    /// PEM certificate chain: with `tls_key`, the listener speaks TLS (HTTPS and WSS).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -91,6 +98,9 @@ impl Default for Config {
             index: BTreeMap::new(),
             call_timeout_ms: 10_000,
             call_timeout: BTreeMap::new(),
+            auth: crate::auth::AuthConfig::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -175,6 +185,15 @@ impl Config {
                 "AUTO_INDEX_MIN" => self.auto_index_min = num(&key, &v)?,
                 "MAX_LIST_ITEMS" => self.max_list_items = num(&key, &v)?,
                 "CALL_TIMEOUT_MS" => self.call_timeout_ms = num(&key, &v)?,
+                "AUTH" => self.auth.mode = v,
+                "ADMIN_USER" => self.auth.admin_user = v,
+                "ADMIN_PASSWORD" => {
+                    self.auth.admin_password = (!v.is_empty()).then_some(crate::auth::Secret(v))
+                }
+                "TOKEN_LIFETIME_S" => self.auth.token_lifetime_s = num(&key, &v)?,
+                "AUTH_TIMEOUT_MS" => self.auth.auth_timeout_ms = num(&key, &v)?,
+                "TLS_CERT" => self.tls_cert = Some(PathBuf::from(v)),
+                "TLS_KEY" => self.tls_key = Some(PathBuf::from(v)),
                 _ => {}
             }
         }
@@ -237,6 +256,10 @@ impl Config {
         }
         if self.max_list_items == 0 {
             return Err("max_list_items must be at least 1".into());
+        }
+        self.auth.validate()?;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together: give both or neither".into());
         }
         if self.max_depth > 128 {
             return Err("max_depth must be at most 128".into());

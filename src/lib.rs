@@ -4,6 +4,7 @@
 //! [`dispatch`] (what the call means) → [`store`] (records, queries, the sequencer) →
 //! [`log`] (durability). See `ARCHITECTURE.md` for the map.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dispatch;

@@ -146,7 +146,8 @@ fn main() -> ExitCode {
                     .local_addr()
                     .map(|a| a.to_string())
                     .unwrap_or_default();
-                tracing::info!(%addr, "flowhub listening: HTTP /api/, WebSocket /ws, /health");
+                let tls = config.tls_cert.is_some();
+                tracing::info!(%addr, tls, "flowhub listening: HTTP /api/, WebSocket /ws, /health");
                 flowhub::server::serve(listener, opened, config, shutdown).await;
                 tracing::info!("flowhub stopped");
                 ExitCode::SUCCESS

@@ -28,6 +28,8 @@ pub struct Opened {
     pub store: Store,
     /// Held for the hub's lifetime: a second hub on the same data directory is refused.
     _lock: Option<File>,
+    /// The TLS acceptor when `tls_cert` / `tls_key` are set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 fn store_config(config: &Config) -> StoreConfig {
@@ -81,11 +83,16 @@ pub fn lock_data_dir(dir: &std::path::Path) -> Result<File, String> {
 /// Opens the data directory: lock, read the log back, and start the store where it ended.
 /// Damage in the log stops here with a message naming the file and offset.
 pub fn open(config: &Config) -> Result<Opened, String> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::transport::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let Some(policy) = durability(config) else {
         tracing::warn!("durability = \"memory\": records are lost when the hub stops");
         return Ok(Opened {
             store: Store::new(store_config(config), Box::new(MemoryOnly), 0),
             _lock: None,
+            tls,
         });
     };
     let lock = lock_data_dir(&config.data_dir)?;
@@ -165,6 +172,7 @@ pub fn open(config: &Config) -> Result<Opened, String> {
     Ok(Opened {
         store,
         _lock: Some(lock),
+        tls,
     })
 }
 
@@ -177,20 +185,22 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) {
-    let Opened { store, _lock } = opened;
+    let Opened { store, _lock, tls } = opened;
+    let auth = crate::auth::Auth::start(&config.auth, store.clone(), &config.data_dir).await;
     let hub = Hub {
         dispatcher: Dispatcher::with_router(
             store.clone(),
             Router::new(Deadlines::from_config(&config)),
             config.max_list_items,
-        ),
+        )
+        .with_auth(auth),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         force: CancellationToken::new(),
     };
     let stop = CancellationToken::new();
-    let serving = tokio::spawn(transport::serve(listener, hub, stop.clone()));
+    let serving = tokio::spawn(transport::serve(listener, hub, stop.clone(), tls));
     shutdown.await;
     stop.cancel();
     let _ = serving.await;

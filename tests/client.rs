@@ -413,6 +413,7 @@ impl FixedHub {
         let config = Config {
             data_dir: data.to_path_buf(),
             shutdown_grace_ms: 500,
+            auth: flowhub::auth::AuthConfig::open(),
             ..Config::default()
         };
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();

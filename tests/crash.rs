@@ -84,6 +84,7 @@ impl HubProcess {
             .env("FLOWHUB_LOG_FORMAT", "json")
             .env("FLOWHUB_DATA_DIR", data)
             .env("FLOWHUB_DURABILITY", "always")
+            .env("FLOWHUB_AUTH", "none")
             // Small segments, so that kills also land around the start of a new segment.
             .env("FLOWHUB_SEGMENT_BYTES", "131072")
             // Frequent snapshots and compactions, so that kills also land in the middle of them.

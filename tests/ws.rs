@@ -629,6 +629,7 @@ async fn stopping_the_hub_drops_a_socket_whose_client_stopped_reading() {
         max_calls_in_flight: 4,
         shutdown_grace_ms: 300,
         durability: "memory".into(),
+        auth: flowhub::auth::AuthConfig::open(),
         ..Config::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,5 +1,9 @@
 //! `flowhub call`: one call over the WebSocket, the reply printed as JSON.
 //!
+//! Credentials: `--token` / `FLOWHUB_TOKEN` goes into the call; `--user` and `--password`
+//! (`FLOWHUB_USER` / `FLOWHUB_PASSWORD`) log in with a login frame first, and a failed login
+//! is printed as the reply.
+//!
 //! Exit status: 0 when the reply says `success: true`, 1 when it says `false`, 2 when the hub
 //! could not be reached or the arguments are wrong.
 
@@ -116,34 +120,49 @@ pub async fn call(args: &CallArgs) -> Result<Value, String> {
         )
     })?
     .map_err(|e| format!("cannot connect to {}: {e}", args.client.ws_url()))?;
-    let msg = if args.msgpack {
-        Message::Binary(
-            rmp_serde::to_vec_named(&frame)
-                .map_err(|e| e.to_string())?
-                .into(),
-        )
-    } else {
-        Message::text(frame.to_string())
-    };
-    ws.send(msg)
-        .await
-        .map_err(|e| format!("send failed: {e}"))?;
-    let reply = tokio::time::timeout(limit, async {
-        while let Some(m) = ws.next().await {
-            let value: Value = match m.map_err(|e| format!("receive failed: {e}"))? {
-                Message::Text(t) => serde_json::from_str(&t).map_err(|e| e.to_string())?,
-                Message::Binary(b) => rmp_serde::from_slice(&b).map_err(|e| e.to_string())?,
-                Message::Close(c) => return Err(format!("the hub closed the connection: {c:?}")),
-                _ => continue,
-            };
-            if value.get("requestid") == Some(&json!(1)) || value.get("requestid").is_none() {
-                return Ok(value);
-            }
+    // With a user and password (and no token), log in first: the call then needs no token.
+    let login = match (&args.client.token, &args.client.user, &args.client.password) {
+        (None, Some(u), Some(p)) => {
+            Some(json!({"type": "login", "requestid": 0, "username": u, "password": p}))
         }
-        Err("the hub closed the connection".to_string())
-    })
-    .await
-    .map_err(|_| format!("no reply within {}s", args.timeout))??;
+        _ => None,
+    };
+    let mut reply = Value::Null;
+    for (id, frame) in login.iter().map(|l| (0, l)).chain([(1, &frame)]) {
+        let msg = if args.msgpack {
+            Message::Binary(
+                rmp_serde::to_vec_named(frame)
+                    .map_err(|e| e.to_string())?
+                    .into(),
+            )
+        } else {
+            Message::text(frame.to_string())
+        };
+        ws.send(msg)
+            .await
+            .map_err(|e| format!("send failed: {e}"))?;
+        reply = tokio::time::timeout(limit, async {
+            while let Some(m) = ws.next().await {
+                let value: Value = match m.map_err(|e| format!("receive failed: {e}"))? {
+                    Message::Text(t) => serde_json::from_str(&t).map_err(|e| e.to_string())?,
+                    Message::Binary(b) => rmp_serde::from_slice(&b).map_err(|e| e.to_string())?,
+                    Message::Close(c) => {
+                        return Err(format!("the hub closed the connection: {c:?}"))
+                    }
+                    _ => continue,
+                };
+                if value.get("requestid") == Some(&json!(id)) || value.get("requestid").is_none() {
+                    return Ok(value);
+                }
+            }
+            Err("the hub closed the connection".to_string())
+        })
+        .await
+        .map_err(|_| format!("no reply within {}s", args.timeout))??;
+        if reply.get("success") != Some(&json!(true)) {
+            break;
+        }
+    }
     // Close cleanly: send the close frame and wait (briefly) for the hub's answer to it.
     let _ = ws.close(None).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

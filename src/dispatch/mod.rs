@@ -5,8 +5,10 @@
 //! to the record store (reads directly, writes through the sequencer), and RUN that no
 //! provider serves is `NO_PROVIDER`. Every error gets its `errorid` here and is logged with
 //! it, so the id a client sees is the id in the hub's log — a provider's own error too.
-//! Authentication will sit at the top of [`Dispatcher::call_from`], before anything else is
-//! looked at.
+//! Authentication sits at the top of [`Dispatcher::call_with`], before anything else is
+//! looked at: the caller is identified ([`Auth::authenticate`]), the engine's own endpoints
+//! (`auth/...`) are answered by it, and every other call must be allowed by the caller's
+//! roles ([`Auth::authorize`]) before it reaches the router or the store.
 
 pub mod registry;
 pub mod system;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use crate::auth::{Action, Auth, Credentials};
 use crate::protocol::params::{expected_version, list_query, normalize};
 use crate::protocol::provider::{ProviderFailure, ProviderResult};
 use crate::protocol::request::validate_objectid;
@@ -44,6 +47,8 @@ pub struct Dispatcher {
     registry: Registry,
     /// Most objects one LIST reply may hold (`max_list_items`).
     max_list_items: usize,
+    /// Who may call what; open mode unless [`Dispatcher::with_auth`] says otherwise.
+    auth: Auth,
 }
 
 /// Gives an error its `errorid` and writes the log line that carries it.
@@ -146,11 +151,22 @@ impl Dispatcher {
     pub fn with_router(store: Store, router: Router, max_list_items: usize) -> Dispatcher {
         let registry = Registry::new(store.clone(), router.clone());
         Dispatcher {
+            auth: Auth::open(store.clone()),
             store,
             router,
             registry,
             max_list_items,
         }
+    }
+
+    /// The same dispatcher with this authentication engine.
+    pub fn with_auth(mut self, auth: Auth) -> Dispatcher {
+        self.auth = auth;
+        self
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
     }
 
     pub fn registry(&self) -> &Registry {
@@ -162,23 +178,42 @@ impl Dispatcher {
     }
 
     /// Runs a call whose outcome goes to `sink` instead of being awaited. A call to a provider
-    /// is checked and handed to the router here, and answered from the provider's side (no
-    /// task waits for it); any other call runs in a task of its own.
-    pub fn call_with(&self, mut request: Request, caller: Caller, sink: Box<dyn ReplySink>) {
+    /// (authenticated by a token or the session's login) is checked and handed to the router
+    /// here, and answered from the provider's side: no task waits for it. Any other call runs
+    /// in a task of its own.
+    pub fn call_sink(
+        &self,
+        mut request: Request,
+        caller: Caller,
+        creds: Credentials,
+        sink: Box<dyn ReplySink>,
+    ) {
         let route = self
             .router
             .lookup(&request.endpoint)
-            .filter(|r| r.methods.contains(request.method));
+            .filter(|r| r.methods.contains(request.method) && creds.basic.is_none());
         let Some(route) = route else {
             let d = self.clone();
             tokio::spawn(async move {
-                let outcome = d.call_from(request, &caller).await;
+                let outcome = d.call_with(request, &caller, &creds).await;
                 sink.send(outcome);
             });
             return;
         };
-        let params = match admit_routed(&request, &route) {
-            Ok(p) => p,
+        let admitted = self
+            .auth
+            .authenticate_now(request.token.as_deref(), &creds)
+            .and_then(|who| {
+                self.auth.authorize(
+                    &who,
+                    Action::Call(request.method),
+                    &request.endpoint,
+                    &request.namespace,
+                )?;
+                Ok((who.caller(&caller), admit_routed(&request, &route)?))
+            });
+        let (caller, params) = match admitted {
+            Ok(a) => a,
             Err(e) => {
                 sink.send(Err(log_error(e, Some(request.method), &request.endpoint)));
                 return;
@@ -202,19 +237,63 @@ impl Dispatcher {
         self.call_from(request, &Caller::default()).await
     }
 
-    /// Runs one call to its outcome.
-    pub async fn call_from(&self, mut request: Request, caller: &Caller) -> Outcome {
-        match self.route(&mut request, caller).await {
+    /// Runs one call with no credentials but its token to its outcome.
+    pub async fn call_from(&self, request: Request, caller: &Caller) -> Outcome {
+        self.call_with(request, caller, &Credentials::default())
+            .await
+    }
+
+    /// Runs one call to its outcome: authenticated by its token or `creds`, authorized by
+    /// the caller's roles, then routed.
+    pub async fn call_with(
+        &self,
+        mut request: Request,
+        caller: &Caller,
+        creds: &Credentials,
+    ) -> Outcome {
+        match self.route(&mut request, caller, creds).await {
             Ok(s) => Ok(s),
             Err(Fail::Hub(e)) => Err(log_error(e, Some(request.method), &request.endpoint)),
             Err(Fail::Provider(f)) => Err(log_provider_error(f, request.method, &request.endpoint)),
         }
     }
 
-    async fn route(&self, req: &mut Request, caller: &Caller) -> Result<Success, Fail> {
+    async fn route(
+        &self,
+        req: &mut Request,
+        caller: &Caller,
+        creds: &Credentials,
+    ) -> Result<Success, Fail> {
+        // A login (CREATE on auth/token with a user name and password as data) is the one
+        // call that brings its credentials in its data; the engine checks them itself.
+        let login = req.endpoint == crate::auth::TOKEN_ENDPOINT
+            && req.method == Method::Create
+            && req.token.is_none()
+            && req
+                .data
+                .as_ref()
+                .is_some_and(|d| d.get("username").is_some());
+        let who = if login {
+            None
+        } else {
+            Some(self.auth.authenticate(req.token.as_deref(), creds).await?)
+        };
+        if crate::auth::is_auth_endpoint(&req.endpoint) {
+            return Ok(crate::auth::endpoints::call(&self.auth, req, who.as_ref(), creds).await?);
+        }
+        let Some(who) = who else {
+            return Err(FlowError::internal("a call without an identity").into());
+        };
+        let caller = &who.caller(caller);
         // System endpoints check their own calls: `hub/endpoint` takes endpoint names, with
         // their `/`, as object ids.
         if registry::SYSTEM.contains(&req.endpoint.as_str()) {
+            self.auth.authorize(
+                &who,
+                Action::Call(req.method),
+                &req.endpoint,
+                &req.namespace,
+            )?;
             return Ok(system::call(&self.registry, req)?);
         }
         req.validate()?;
@@ -225,6 +304,12 @@ impl Dispatcher {
             ))
             .into());
         }
+        self.auth.authorize(
+            &who,
+            Action::Call(req.method),
+            &req.endpoint,
+            &req.namespace,
+        )?;
         let route = self.router.lookup(&req.endpoint);
         let known = match &route {
             Some(r) => Some(std::borrow::Cow::Borrowed(&*r.application)),

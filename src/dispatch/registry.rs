@@ -83,7 +83,10 @@ impl Registry {
         if let Some(route) = self.router.lookup(endpoint) {
             return Some(Cow::Owned(route.application.to_string()));
         }
-        if SYSTEM.contains(&endpoint) || self.store.has_endpoint(endpoint) {
+        if SYSTEM.contains(&endpoint)
+            || crate::auth::is_auth_endpoint(endpoint)
+            || self.store.has_endpoint(endpoint)
+        {
             return Some(Cow::Borrowed(stored_application(endpoint)));
         }
         None
@@ -92,6 +95,7 @@ impl Registry {
     /// Whether an endpoint of this name is known.
     pub fn contains(&self, endpoint: &str) -> bool {
         SYSTEM.contains(&endpoint)
+            || crate::auth::is_auth_endpoint(endpoint)
             || self.store.has_endpoint(endpoint)
             || self.router.lookup(endpoint).is_some()
     }
@@ -123,7 +127,9 @@ impl Registry {
             });
         }
         for e in self.store.endpoints() {
-            if provided.iter().any(|p| p.endpoint == e) {
+            // The authentication engine keeps its state under reserved names: not endpoints
+            // anybody can call.
+            if crate::router::is_reserved(&e) || provided.iter().any(|p| p.endpoint == e) {
                 continue;
             }
             all.push(EndpointInfo {

@@ -37,12 +37,41 @@ pub enum Frame {
         requestid: Option<Value>,
         endpoint: String,
     },
+    /// `login`: the connection authenticates once; its calls may then omit `token`
+    /// (SPEC 13.2).
+    Login {
+        requestid: Option<Value>,
+        login: Login,
+    },
     /// `result` or `reject`: a provider's answer to an invoke (SPEC 11.2).
     Answer {
         requestid: Option<Value>,
         callid: u64,
         answer: Answer,
     },
+}
+
+/// What a `login` frame proves identity with. `Debug` never shows the secret.
+#[derive(Clone, PartialEq)]
+pub enum Login {
+    /// A token from `auth/token`.
+    Token(String),
+    /// A user name and password: the hub issues a token and returns it.
+    Password {
+        username: String,
+        password: crate::auth::Secret,
+    },
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Login::Token(_) => f.write_str("Login::Token(<hidden>)"),
+            Login::Password { username, .. } => {
+                write!(f, "Login::Password({username:?}, <hidden>)")
+            }
+        }
+    }
 }
 
 /// Decodes bytes into a JSON value, refusing nesting deeper than `max_depth`.
@@ -158,6 +187,24 @@ pub fn parse_frame(value: Value) -> Result<Frame, FlowError> {
                 requestid,
                 endpoint,
             });
+        }
+        Some("login") => {
+            let token = take_string(&mut obj, "token")?.filter(|s| !s.is_empty());
+            let username = take_string(&mut obj, "username")?;
+            let password = take_string(&mut obj, "password")?;
+            let login = match (token, username, password) {
+                (Some(t), None, None) => Login::Token(t),
+                (None, Some(username), Some(password)) => Login::Password {
+                    username,
+                    password: crate::auth::Secret(password),
+                },
+                _ => {
+                    return Err(FlowError::invalid(
+                        "a login frame carries either token, or username and password",
+                    ))
+                }
+            };
+            return Ok(Frame::Login { requestid, login });
         }
         Some(t @ ("result" | "reject")) => {
             let callid = provider::parse_callid(&obj)?;

@@ -13,6 +13,10 @@
 //! OPTIONS, TRACE, ...) gets `405 Method Not Allowed` with an `Allow` header and the usual
 //! envelope (`INVALID_REQUEST`), whatever `Flow-Request-Method` says.
 //!
+//! Authentication (SPEC 13): `Authorization: Basic` (user and password), `Authorization:
+//! Bearer`, `Flow-Auth-Token` or the `token` query parameter; the dispatcher checks them. A
+//! `RATE_LIMITED` reply carries `Retry-After`. The OpenAPI documents need a valid login too.
+//!
 //! Path resolution (`protocol/SPEC.md`, "HTTP bridge"): a trailing `/` means the path names
 //! the endpoint only; without one, if an object id came in a header or the query string, the
 //! whole path is the endpoint; else, if the whole path names a known endpoint, it is that
@@ -98,6 +102,12 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
         Ok(s) => s,
         Err(e) => return error_response(e, &raw_path, reply_encoding),
     };
+    let creds = match credentials(&req) {
+        Ok(c) => c,
+        // Open mode ignores credentials, malformed ones too.
+        Err(_) if hub.dispatcher.auth().is_open() => crate::auth::Credentials::default(),
+        Err(e) => return error_reply(&hub, e, &raw_path, reply_encoding),
+    };
     // The OpenAPI descriptions: all in one, or one application's.
     if req.method() == HttpMethod::GET
         && matches!(
@@ -105,6 +115,20 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
             Ok(None)
         )
     {
+        if is_openapi(&segments) {
+            let token = match field(req.headers(), &query, "Flow-Auth-Token", "token") {
+                Ok(t) => t.or_else(|| bearer(req.headers())),
+                Err(e) => return error_response(e, &raw_path, reply_encoding),
+            };
+            if let Err(e) = hub
+                .dispatcher
+                .auth()
+                .authenticate(token.as_deref(), &creds)
+                .await
+            {
+                return error_reply(&hub, e, &raw_path, reply_encoding);
+            }
+        }
         if let Some(reply) = openapi(&hub, &segments, &raw_path) {
             return reply;
         }
@@ -168,8 +192,66 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
             }
         }
     }
-    let outcome = hub.dispatcher.call(request).await;
-    outcome_response(&outcome, reply_encoding)
+    if request.token.is_none() {
+        request.token = bearer(&parts.headers);
+    }
+    let outcome = hub
+        .dispatcher
+        .call_with(request, &crate::protocol::Caller::default(), &creds)
+        .await;
+    with_retry_after(&hub, outcome_response(&outcome, reply_encoding))
+}
+
+/// The `Authorization: Basic` pair and the client's address.
+fn credentials<B>(req: &HttpRequest<B>) -> Result<crate::auth::Credentials, FlowError> {
+    let basic = match req.headers().get(hyper::header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| FlowError::invalid("header Authorization is not valid text"))?;
+            crate::auth::parse_basic(v)?
+        }
+    };
+    Ok(crate::auth::Credentials {
+        basic,
+        session: None,
+        peer: req.extensions().get::<super::PeerAddr>().map(|p| p.0.ip()),
+    })
+}
+
+/// The token of `Authorization: Bearer`, if that is the header's scheme.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// An error reply before dispatch, with `Retry-After` when it is `RATE_LIMITED`.
+fn error_reply(hub: &Hub, e: FlowError, path: &str, encoding: Encoding) -> Response<Full<Bytes>> {
+    with_retry_after(hub, error_response(e, path, encoding))
+}
+
+/// Adds `Retry-After` (the throttle window) to a 429.
+fn with_retry_after(hub: &Hub, mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    if r.status() == StatusCode::TOO_MANY_REQUESTS {
+        let secs = hub.dispatcher.auth().retry_after_s();
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+        }
+    }
+    r
+}
+
+fn is_openapi(segments: &[String]) -> bool {
+    matches!(segments, [doc] | [_, doc] if doc == "openapi.json")
 }
 
 /// The HTTP verbs the bridge maps to Flow methods.

@@ -14,6 +14,7 @@
 
 pub mod http;
 pub mod openapi;
+pub mod tls;
 pub mod ws;
 
 use std::convert::Infallible;
@@ -47,10 +48,20 @@ pub struct Hub {
     pub force: CancellationToken,
 }
 
+/// The client's address, put in every request's extensions for the HTTP bridge and the
+/// WebSocket upgrade (login throttling per address).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// Accepts connections until `stop` is cancelled, then waits (at most the configured grace)
 /// for calls in flight to finish, drops what is left and returns once every connection and
-/// session task has ended.
-pub async fn serve(listener: TcpListener, hub: Hub, stop: CancellationToken) {
+/// session task has ended. With `tls`, every connection speaks TLS (HTTPS, WSS).
+pub async fn serve(
+    listener: TcpListener,
+    hub: Hub,
+    stop: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let limit = Arc::new(Semaphore::new(hub.config.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -77,36 +88,22 @@ pub async fn serve(listener: TcpListener, hub: Hub, stop: CancellationToken) {
         // Shared by the connection and, after an upgrade, its WebSocket session: released
         // when both are gone.
         let permit = Arc::new(permit);
-        let hub2 = hub.clone();
-        let conn_permit = permit.clone();
-        let service =
-            hyper::service::service_fn(move |req| route(req, hub2.clone(), conn_permit.clone()));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(hub.config.handshake_timeout_ms))
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let stopping = hub.shutdown.clone();
-        let force = hub.force.clone();
+        let hub = hub.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopping.cancelled() => {
-                    // Finish the request in flight, then close; upgraded sockets are gone
-                    // from hyper already and drain in their own sessions. A request that is
-                    // still not done when the grace runs out is dropped.
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = force.cancelled() => Ok(()),
-                    }
-                }
+            let Some(acceptor) = tls else {
+                return connection(TokioIo::new(stream), peer, hub, permit).await;
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let limit = Duration::from_millis(hub.config.handshake_timeout_ms);
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(limit, acceptor.accept(stream)) => r,
+                _ = hub.shutdown.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(s)) => connection(TokioIo::new(s), peer, hub, permit).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -132,6 +129,47 @@ pub async fn serve(listener: TcpListener, hub: Hub, stop: CancellationToken) {
             hub.sessions.wait().await;
         }
     }
+}
+
+/// Serves one connection (plain or TLS) until it ends, the hub shuts down, or the grace
+/// runs out.
+async fn connection<I>(
+    io: I,
+    peer: std::net::SocketAddr,
+    hub: Hub,
+    permit: Arc<OwnedSemaphorePermit>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let hub2 = hub.clone();
+    let conn_permit = permit.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        route(req, hub2.clone(), conn_permit.clone())
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(hub.config.handshake_timeout_ms))
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = hub.shutdown.cancelled() => {
+            // Finish the request in flight, then close; upgraded sockets are gone
+            // from hyper already and drain in their own sessions. A request that is
+            // still not done when the grace runs out is dropped.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = hub.force.cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    drop(permit);
 }
 
 async fn route(

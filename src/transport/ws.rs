@@ -15,7 +15,9 @@
 //!
 //! Close codes: 1000 when the client closes, 1001 when the hub shuts down, 1009 for a message
 //! over four times `max_frame_bytes`, 1007 for a text frame that is not UTF-8, 1002 for another
-//! WebSocket protocol error. Messages over `max_frame_bytes` (but under the hard limit) get a
+//! WebSocket protocol error, 4001 for a socket that did not authenticate within
+//! `auth.auth_timeout_ms` or whose login token expired or was revoked (SPEC 13.2). Messages
+//! over `max_frame_bytes` (but under the hard limit) get a
 //! `TOO_LARGE` reply and the socket stays.
 
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::Hub;
+use crate::auth::{Credentials, Session};
 use crate::dispatch::{log_error, ReplySink};
 use crate::protocol::frame::{decode, decode_text, parse_frame, requestid_of};
 use crate::protocol::{encode, Caller, Encoding, FlowError, Frame, Framing, Outcome, Success};
@@ -119,6 +122,8 @@ struct Peer {
     caller: Caller,
     /// Its side as a provider.
     link: Arc<Link>,
+    /// Its authentication: the login, and the client's address for throttling.
+    creds: Credentials,
 }
 
 /// Answers the upgrade request and starts the session once hyper hands the socket over.
@@ -150,11 +155,12 @@ pub fn upgrade(
         );
     }
     let accept = derive_accept_key(key.as_bytes());
+    let peer = req.extensions().get::<super::PeerAddr>().map(|p| p.0.ip());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = hub.sessions.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => session(TokioIo::new(upgraded), hub).await,
+            Ok(upgraded) => session(TokioIo::new(upgraded), hub, peer).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
         drop(conn);
@@ -178,7 +184,7 @@ pub fn upgrade(
 /// at most `shutdown_grace_ms`, and none outlives a forced stop of the hub ([`Hub::force`]):
 /// past that the writer is aborted and the socket dropped, so a client that never reads
 /// cannot keep a session (and its queued replies) alive.
-pub async fn session<S>(io: S, hub: Hub)
+pub async fn session<S>(io: S, hub: Hub, peer: Option<std::net::IpAddr>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -204,6 +210,11 @@ where
             ..Caller::default()
         },
         link: Link::new(connection, Box::new(WsOutbox(out_tx.clone()))),
+        creds: Credentials {
+            basic: None,
+            session: Some(Session::new()),
+            peer,
+        },
     };
     let close = read_loop(&mut stream, &hub, &out_tx, &in_flight, &peer).await;
     // The client's routed calls stop waiting; as a provider it serves nothing any more, and
@@ -256,7 +267,19 @@ where
     // Made once, not per frame: each registers a waiter the first time it is polled.
     let shutdown = hub.shutdown.cancelled();
     let writer_gone = out_tx.closed();
-    tokio::pin!(shutdown, writer_gone);
+    // Resolves when the socket must close for want of (valid) authentication.
+    let auth = hub.dispatcher.auth();
+    let unauthenticated = match &peer.creds.session {
+        Some(s) => futures_util::future::Either::Left(auth.guard(s.clone())),
+        None => futures_util::future::Either::Right(std::future::pending()),
+    };
+    tokio::pin!(shutdown, writer_gone, unauthenticated);
+    let unauthenticated_close = |reason: String| {
+        close_frame(
+            CloseCode::Library(crate::auth::CLOSE_UNAUTHENTICATED),
+            &reason,
+        )
+    };
     loop {
         // One permit per frame read: a call holds it until its reply is queued, so a client
         // that sends faster than it reads is stopped here, and TCP pushes back on it.
@@ -264,6 +287,7 @@ where
             biased;
             _ = &mut shutdown => return away(),
             _ = &mut writer_gone => return gone(),
+            r = &mut unauthenticated => return unauthenticated_close(r),
             p = in_flight.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return gone(),
@@ -273,6 +297,7 @@ where
             biased;
             _ = &mut shutdown => return away(),
             _ = &mut writer_gone => return gone(),
+            r = &mut unauthenticated => return unauthenticated_close(r),
             m = stream.next() => m,
         };
         let (text, bytes, encoding) = match msg {
@@ -334,8 +359,12 @@ where
                     encoding,
                     permit,
                 };
-                hub.dispatcher
-                    .call_with(request, peer.caller.clone(), Box::new(sink));
+                hub.dispatcher.call_sink(
+                    request,
+                    peer.caller.clone(),
+                    peer.creds.clone(),
+                    Box::new(sink),
+                );
             }
             Ok(Frame::Answer {
                 requestid,
@@ -354,11 +383,25 @@ where
             }
             Ok(Frame::Provide { requestid, provide }) => {
                 let endpoint = provide.endpoint.clone();
-                let outcome = router
-                    .provide(&peer.link, provide, encoding)
+                let outcome = may_provide(hub, peer, &provide)
+                    .and_then(|()| router.provide(&peer.link, provide, encoding))
                     .map(Success::value)
                     .map_err(|e| log_error(e, None, &endpoint));
                 reply_later(tx, outcome, requestid, encoding, permit);
+            }
+            Ok(Frame::Login { requestid, login }) => {
+                let auth = hub.dispatcher.auth().clone();
+                let creds = peer.creds.clone();
+                tokio::spawn(async move {
+                    let outcome = match &creds.session {
+                        Some(s) => auth.login(s, login, creds.peer).await,
+                        None => Err(FlowError::internal("no session")),
+                    }
+                    .map(Success::value)
+                    .map_err(|e| log_error(e, None, "login"));
+                    send(&tx, &outcome, requestid.as_ref(), encoding).await;
+                    drop(permit);
+                });
             }
             Ok(Frame::Unprovide {
                 requestid,
@@ -379,6 +422,17 @@ where
             ),
         }
     }
+}
+
+/// Whether this session may provide the endpoint: by the frame's own token or the login.
+fn may_provide(
+    hub: &Hub,
+    peer: &Peer,
+    provide: &crate::protocol::provider::Provide,
+) -> Result<(), FlowError> {
+    let auth = hub.dispatcher.auth();
+    let who = auth.frame_identity(&peer.creds, provide.token.as_deref())?;
+    auth.may_provide(&who, &provide.endpoint)
 }
 
 /// Drains the outbound queue into the socket, batching what is ready into one flush. Stops

@@ -26,8 +26,16 @@ impl TestHub {
         Self::start_with(Config::default()).await
     }
 
-    /// A hub with `config`; a `data_dir` left at its default becomes a fresh temporary one.
+    /// A hub with `config` in open mode (no authentication: the tests of everything but
+    /// authentication call without credentials); a `data_dir` left at its default becomes a
+    /// fresh temporary one.
     pub async fn start_with(mut config: Config) -> TestHub {
+        config.auth.mode = "none".into();
+        Self::start_secure(config).await
+    }
+
+    /// A hub with `config` as it is, authentication included.
+    pub async fn start_secure(mut config: Config) -> TestHub {
         let data = if config.data_dir == Config::default().data_dir {
             let dir = tempfile::tempdir().expect("a temporary data directory");
             config.data_dir = dir.path().to_path_buf();
@@ -243,6 +251,10 @@ pub fn spawn_serve(
     use std::io::{BufRead, BufReader};
     use std::sync::{mpsc, Arc, Mutex};
     use std::time::Instant;
+    // Open mode unless the test chose otherwise: its calls carry no credentials.
+    if !cmd.get_envs().any(|(k, _)| k == "FLOWHUB_AUTH") {
+        cmd.env("FLOWHUB_AUTH", "none");
+    }
     let mut child = cmd.spawn().unwrap();
     let stderr = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = mpsc::channel::<Value>();

@@ -138,8 +138,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts `flowhub serve` on `data_dir` with `env` on top of: port 0, JSON logs, and no
-    /// `FLOWHUB_*` variable of the bench's own environment.
+    /// Starts `flowhub serve` on `data_dir` with `env` on top of: port 0, JSON logs, open
+    /// mode (no authentication), and no `FLOWHUB_*` variable of the bench's own environment.
     pub fn spawn(bin: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Res<Hub> {
         let mut cmd = Command::new(bin);
         cmd.arg("serve");
@@ -152,6 +152,8 @@ impl Hub {
             .env("FLOWHUB_LOG_FORMAT", "json")
             .env("FLOWHUB_LOG", "info")
             .env("FLOWHUB_DATA_DIR", data_dir)
+            // The scenarios measure the hub's work on calls, not authentication.
+            .env("FLOWHUB_AUTH", "none")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
