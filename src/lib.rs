@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod dispatch;
+pub mod fanout;
 pub mod log;
 pub mod protocol;
 pub mod query;

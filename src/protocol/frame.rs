@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::error::FlowError;
 use super::request::{Method, Request};
+use super::subscribe::{parse_subscribe, parse_unsubscribe, Subscribe};
 
 /// The two encodings of the wire, one per WebSocket frame kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,16 @@ pub enum Frame {
     Call {
         requestid: Option<Value>,
         request: Request,
+    },
+    /// `type: "subscribe"`: follow an object, an endpoint or a live query (SPEC section 11).
+    Subscribe {
+        requestid: Option<Value>,
+        subscribe: Subscribe,
+    },
+    /// `type: "unsubscribe"`: stop a subscription of this connection.
+    Unsubscribe {
+        requestid: Option<Value>,
+        subscription: String,
     },
 }
 
@@ -105,19 +116,36 @@ pub fn parse_frame(value: Value) -> Result<Frame, FlowError> {
     let Value::Object(mut obj) = value else {
         return Err(FlowError::invalid("a frame must be an object"));
     };
-    match obj.get("type") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(t)) if t == "call" => {}
+    let kind = match obj.remove("type") {
+        None | Some(Value::Null) => "call".to_string(),
+        Some(Value::String(t)) if matches!(t.as_str(), "call" | "subscribe" | "unsubscribe") => t,
         Some(Value::String(t)) => {
             return Err(FlowError::invalid(format!("unknown frame type {t:?}")));
         }
         Some(_) => return Err(FlowError::invalid("frame type must be a string")),
-    }
+    };
     let requestid = match obj.remove("requestid") {
         None | Some(Value::Null) => None,
         Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
         Some(_) => return Err(FlowError::invalid("requestid must be a string or a number")),
     };
+    match kind.as_str() {
+        "subscribe" => {
+            let subscribe = parse_subscribe(obj)?;
+            return Ok(Frame::Subscribe {
+                requestid,
+                subscribe,
+            });
+        }
+        "unsubscribe" => {
+            let subscription = parse_unsubscribe(obj)?;
+            return Ok(Frame::Unsubscribe {
+                requestid,
+                subscription,
+            });
+        }
+        _ => {}
+    }
     let method = match obj.remove("method") {
         Some(Value::String(m)) => Method::parse(&m)?,
         Some(_) => return Err(FlowError::invalid("method must be a string")),
@@ -172,7 +200,9 @@ mod tests {
     fn a_seed_call_with_endpoint_and_requestid_parses() {
         let v = json!({"requestid": 7, "endpoint": "inventory/device", "method": "OPEN",
             "objectid": "3a47", "token": "t", "namespace": "", "parameters": ""});
-        let Frame::Call { requestid, request } = parse_frame(v).unwrap();
+        let Ok(Frame::Call { requestid, request }) = parse_frame(v) else {
+            panic!("a call frame")
+        };
         assert_eq!(requestid, Some(json!(7)));
         assert_eq!(request.method, Method::Open);
         assert_eq!(request.objectid.as_deref(), Some("3a47"));

@@ -9,6 +9,7 @@ pub mod error;
 pub mod frame;
 pub mod params;
 pub mod request;
+pub mod subscribe;
 
 pub use envelope::{encode, Data, Encoded, ErrorReply, Framing, Outcome, Success};
 pub use error::{ErrorCode, FlowError};

@@ -13,9 +13,14 @@
 //! stops when the writer's queue closes, and the writer drains what is queued, ends with the
 //! close frame and is aborted if that takes longer than the shutdown grace.
 //!
+//! Subscriptions (`subscribe`, `unsubscribe`) are handled by the connection's
+//! [`crate::fanout::Connection`]; their replies and events come through a second queue, the
+//! fan-out's outbox, bounded in bytes (`max_outbound_bytes`), which the writer drains next
+//! to the replies' queue. A connection whose outbox passes the bound is closed with 3008.
+//!
 //! Close codes: 1000 when the client closes, 1001 when the hub shuts down, 1009 for a message
 //! over four times `max_frame_bytes`, 1007 for a text frame that is not UTF-8, 1002 for another
-//! WebSocket protocol error. Messages over `max_frame_bytes` (but under the hard limit) get a
+//! WebSocket protocol error, 3008 for a subscriber that fell behind. Messages over `max_frame_bytes` (but under the hard limit) get a
 //! `TOO_LARGE` reply and the socket stays.
 
 use std::sync::Arc;
@@ -39,8 +44,13 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::Hub;
 use crate::dispatch::log_error;
+use crate::fanout::{Connection, Outgoing, SLOW_CLOSE_CODE};
 use crate::protocol::frame::{decode, parse_frame, requestid_of};
 use crate::protocol::{encode, Encoding, FlowError, Frame, Framing, Outcome};
+
+/// How long a slow subscriber's socket is kept (with nothing queued for it any more) for its
+/// 3008 close frame to get through what the socket buffers still hold.
+const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Answers the upgrade request and starts the session once hyper hands the socket over.
 ///
@@ -115,10 +125,12 @@ where
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
     let (sink, mut stream) = ws.split();
     let (out_tx, out_rx) = mpsc::channel::<Message>(hub.config.outbound_queue);
-    let mut writer = tokio::spawn(write_loop(sink, out_rx));
+    let (subscriptions, events) = hub.fanout.connect();
+    let subscriptions = Arc::new(subscriptions);
+    let mut writer = tokio::spawn(write_loop(sink, out_rx, events));
 
     let in_flight = Arc::new(Semaphore::new(hub.config.max_calls_in_flight));
-    let close = read_loop(&mut stream, &hub, &out_tx, &in_flight).await;
+    let close = read_loop(&mut stream, &hub, &out_tx, &in_flight, &subscriptions).await;
 
     let all = u32::try_from(hub.config.max_calls_in_flight).unwrap_or(u32::MAX);
     let grace = Duration::from_millis(hub.config.shutdown_grace_ms);
@@ -150,6 +162,7 @@ async fn read_loop<S>(
     hub: &Hub,
     out_tx: &mpsc::Sender<Message>,
     in_flight: &Arc<Semaphore>,
+    subscriptions: &Arc<Connection>,
 ) -> CloseFrame
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -234,6 +247,33 @@ where
                     drop(permit);
                 });
             }
+            Ok(Frame::Subscribe {
+                requestid,
+                subscribe,
+            }) => {
+                let subs = subscriptions.clone();
+                tokio::spawn(async move {
+                    let endpoint = subscribe.endpoint.clone();
+                    if let Err(e) = subs.subscribe(subscribe, requestid.as_ref(), encoding) {
+                        let outcome = Err(log_error(e, None, &endpoint));
+                        send(&tx, &outcome, requestid.as_ref(), encoding).await;
+                    }
+                    drop(permit);
+                });
+            }
+            Ok(Frame::Unsubscribe {
+                requestid,
+                subscription,
+            }) => match subscriptions.unsubscribe(&subscription, requestid.as_ref(), encoding) {
+                Ok(()) => drop(permit),
+                Err(e) => reply_later(
+                    tx,
+                    Err(log_error(e, None, "-")),
+                    requestid,
+                    encoding,
+                    permit,
+                ),
+            },
             Err(e) => reply_later(
                 tx,
                 Err(log_error(e, None, "-")),
@@ -245,33 +285,67 @@ where
     }
 }
 
-/// Drains the outbound queue into the socket, batching what is ready into one flush. Stops
-/// after the close frame, when the queue closes, or when the socket fails; the queue is
-/// closed before the socket is, so the reader and pending replies see at once that the
-/// writer is gone.
+/// Drains the outbound queue and the fan-out's events into the socket, batching what is
+/// ready into one flush (replies first when both are ready). Stops after the close frame,
+/// when the queue closes, or when the socket fails; the queue is closed before the socket
+/// is, so the reader and pending replies see at once that the writer is gone. A subscriber
+/// that fell behind (its events passed `max_outbound_bytes`) has its queued events dropped
+/// and gets close code 3008, if the socket takes it within [`SLOW_CLOSE_WAIT`].
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut out_rx: mpsc::Receiver<Message>,
+    mut events: Outgoing,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    'outer: while let Some(msg) = out_rx.recv().await {
-        let mut closing = matches!(msg, Message::Close(_));
-        if sink.feed(msg).await.is_err() {
-            break;
-        }
-        while !closing {
-            let Ok(more) = out_rx.try_recv() else { break };
-            closing = matches!(more, Message::Close(_));
-            if sink.feed(more).await.is_err() {
-                break 'outer;
+    let slow = events.slow();
+    let run = async {
+        'outer: loop {
+            let msg = tokio::select! {
+                biased;
+                m = out_rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                e = events.recv() => e,
+            };
+            let mut closing = matches!(msg, Message::Close(_));
+            if sink.feed(msg).await.is_err() {
+                break;
+            }
+            while !closing {
+                let more = match out_rx.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => match events.try_recv() {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
+                closing = matches!(more, Message::Close(_));
+                if sink.feed(more).await.is_err() {
+                    break 'outer;
+                }
+            }
+            if sink.flush().await.is_err() || closing {
+                break;
             }
         }
-        if sink.flush().await.is_err() || closing {
-            break;
-        }
-    }
+    };
+    let slow_consumer = tokio::select! {
+        biased;
+        _ = slow.cancelled() => true,
+        _ = run => false,
+    };
     drop(out_rx);
+    if slow_consumer {
+        events.discard();
+        let frame = close_frame(
+            CloseCode::from(SLOW_CLOSE_CODE),
+            "slow consumer: outbound queue over max_outbound_bytes",
+        );
+        let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, sink.send(Message::Close(Some(frame)))).await;
+        return;
+    }
     // Sends the close frame (or the reply to the client's) if it is still pending.
     let _ = sink.close().await;
 }

@@ -1,0 +1,432 @@
+//! The fan-out: subscriptions, live-query matching, the resume window and the subscribers'
+//! bounded outbound queues.
+//!
+//! The sequencer hands every committed batch of changes, in commit order, to one fan-out
+//! thread ([`crate::store::Store::changes`]). For each change the thread makes one
+//! [`Event`], appends it to the resume [`Window`], finds the subscriptions it concerns — the
+//! endpoint's subscribers in that namespace, the object's subscribers, and the live queries
+//! the [`matcher`] picks — and pushes one frame per subscription onto that connection's
+//! [`Outbox`]. Each frame is a short per-subscription head plus a tail serialized once per
+//! change and encoding and shared by every subscriber.
+//!
+//! Invariants:
+//! - Events reach each subscription in commit order, once: one thread delivers them, in
+//!   order, and a subscription's `gate` drops positions it has already covered.
+//! - The fan-out never waits for a subscriber: an outbox is unbounded as a channel but
+//!   bounded in bytes (`max_outbound_bytes`); a push past the bound marks the connection
+//!   slow, its queue is dropped and the socket closed with [`SLOW_CLOSE_CODE`].
+//! - Registration and snapshot do not race with changes: see [`session`] (register first,
+//!   read the state and its position, then open the gate past that position).
+//!
+//! Never: blocks on a socket, or holds a lock while waiting.
+
+pub mod event;
+pub mod matcher;
+pub mod session;
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+pub use event::{Event, Live};
+pub use session::Connection;
+pub use window::Window;
+
+use crate::protocol::subscribe::Target;
+use crate::protocol::Encoding;
+use crate::store::{ChangeKind, Store};
+
+/// The WebSocket close code for a subscriber whose outbound queue passed its bound (the
+/// code Centrifugo uses for slow consumers).
+pub const SLOW_CLOSE_CODE: u16 = 3008;
+
+/// A gate that is not open yet: events are held until the subscription's start is known.
+const PENDING: u64 = u64::MAX;
+
+/// Fan-out settings from the configuration.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    /// Events kept for resuming.
+    pub resume_window: usize,
+    /// Approximate bytes of the events kept for resuming.
+    pub resume_window_bytes: usize,
+    /// Bytes of events one connection may have queued before it is closed as slow.
+    pub max_outbound_bytes: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Largest snapshot (objects) a subscribe may return, as `max_list_items` for LIST.
+    pub max_list_items: usize,
+}
+
+/// The hub's fan-out. Cloning is shallow.
+#[derive(Clone)]
+pub struct Fanout {
+    inner: Arc<Inner>,
+    /// Reads snapshots; the fan-out thread itself holds no store (it must not keep the
+    /// sequencer alive).
+    store: Store,
+}
+
+struct Inner {
+    config: FanoutConfig,
+    /// Tells one history of positions from another: a new data directory gets a new epoch.
+    epoch: String,
+    /// endpoint → namespace → subscriptions.
+    topics: RwLock<HashMap<String, HashMap<String, Topic>>>,
+    window: RwLock<Window>,
+    next_conn: AtomicU64,
+}
+
+/// The subscriptions of one collection (an endpoint in a namespace).
+#[derive(Default)]
+struct Topic {
+    all: Vec<Arc<Sub>>,
+    objects: HashMap<Arc<str>, Vec<Arc<Sub>>>,
+    queries: matcher::QueryIndex,
+}
+
+impl Topic {
+    fn is_empty(&self) -> bool {
+        self.all.is_empty() && self.objects.is_empty() && self.queries.is_empty()
+    }
+}
+
+/// One subscription of one connection.
+pub struct Sub {
+    pub id: String,
+    /// The id encoded as a JSON string, and as a MessagePack str.
+    sid_json: Vec<u8>,
+    sid_mp: Vec<u8>,
+    pub endpoint: String,
+    pub namespace: String,
+    pub target: Target,
+    /// Events go out in the encoding the subscribe frame came in.
+    pub encoding: Encoding,
+    pub patch: bool,
+    outbox: Arc<Outbox>,
+    /// [`PENDING`], or the position after which events are delivered.
+    gate: AtomicU64,
+    /// Frames held while the gate is pending: (position, frame, bytes).
+    held: Mutex<Vec<(u64, Message, usize)>>,
+    closed: AtomicBool,
+}
+
+impl Sub {
+    /// The frame of `ev` for this subscription.
+    fn frame(&self, ev: &Event, live: Option<Live>) -> (Message, usize) {
+        let sid = match self.encoding {
+            Encoding::Json => &self.sid_json,
+            Encoding::MsgPack => &self.sid_mp,
+        };
+        ev.frame(self.encoding, sid, live, self.patch)
+    }
+
+    /// How `ev` looks to this subscription: `None` if it does not concern it.
+    fn sees(&self, ev: &Event) -> Option<Option<Live>> {
+        match &self.target {
+            Target::Endpoint => Some(None),
+            Target::Object(id) => (**id == *ev.id).then_some(None),
+            Target::Query(g) => {
+                let test = |r: &Option<Arc<crate::store::Record>>| {
+                    r.as_ref().is_some_and(|r| g.matches(&r.json[..]))
+                };
+                let (was, is) = if ev.published && ev.kind != ChangeKind::Delete {
+                    // A provider's change carries no old state: a match is an entry when
+                    // created, else a change; a non-match says nothing.
+                    (
+                        ev.kind == ChangeKind::Update && test(&ev.new),
+                        test(&ev.new),
+                    )
+                } else {
+                    (test(&ev.old), test(&ev.new))
+                };
+                match (was, is) {
+                    (false, true) => Some(Some(Live::Enter)),
+                    (true, true) => Some(Some(Live::Change)),
+                    (true, false) => Some(Some(Live::Leave)),
+                    (false, false) => None,
+                }
+            }
+        }
+    }
+
+    /// Delivers `ev` (already known to concern this subscription) unless the subscription
+    /// has covered its position; holds it while the gate is pending.
+    fn deliver(&self, ev: &Event, live: Option<Live>) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut from = self.gate.load(Ordering::Acquire);
+        if from == PENDING {
+            let mut held = self.held.lock();
+            from = self.gate.load(Ordering::Acquire);
+            if from == PENDING {
+                let (msg, size) = self.frame(ev, live);
+                if self.outbox.reserve(size) {
+                    held.push((ev.seq, msg, size));
+                }
+                return;
+            }
+        }
+        if ev.seq <= from {
+            return;
+        }
+        let (msg, size) = self.frame(ev, live);
+        if self.outbox.reserve(size) {
+            self.outbox.send(msg, size);
+        }
+    }
+
+    /// Opens the gate after `position`: the reply and the catch-up frames go out first, then
+    /// the held frames past `position`, then live ones.
+    fn open(&self, position: u64, first: Vec<(Message, usize)>) {
+        let mut held = self.held.lock();
+        for (msg, size) in first {
+            self.outbox.send(msg, size);
+        }
+        for (seq, msg, size) in held.drain(..) {
+            if seq > position {
+                self.outbox.send(msg, size);
+            } else {
+                self.outbox.release(size);
+            }
+        }
+        self.gate.store(position, Ordering::Release);
+    }
+}
+
+/// One connection's queue of outgoing events (and subscription replies, which must not
+/// overtake events). A channel whose contents are bounded in bytes by the pushes.
+pub struct Outbox {
+    conn: u64,
+    tx: mpsc::UnboundedSender<(Message, usize)>,
+    /// Bytes of events queued and not yet written.
+    queued: AtomicUsize,
+    limit: usize,
+    /// Cancelled when the connection fell behind past `limit`.
+    slow: CancellationToken,
+}
+
+impl Outbox {
+    /// Counts `size` bytes of events in, or marks the connection slow (once, with a log
+    /// line) when that would pass the bound.
+    fn reserve(&self, size: usize) -> bool {
+        if self.slow.is_cancelled() {
+            return false;
+        }
+        let queued = self.queued.fetch_add(size, Ordering::AcqRel) + size;
+        if queued > self.limit {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            if !self.slow.is_cancelled() {
+                tracing::warn!(
+                    conn = self.conn,
+                    queued_bytes = queued - size,
+                    limit = self.limit,
+                    close_code = SLOW_CLOSE_CODE,
+                    "slow subscriber: its outbound queue passed max_outbound_bytes; closing the connection"
+                );
+                self.slow.cancel();
+            }
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, size: usize) {
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+    }
+
+    /// Queues a frame whose `size` was reserved (0 for a reply, which is not counted).
+    fn send(&self, msg: Message, size: usize) {
+        if self.tx.send((msg, size)).is_err() {
+            self.release(size);
+        }
+    }
+}
+
+/// The receiving end of an [`Outbox`], read by the connection's writer.
+pub struct Outgoing {
+    rx: mpsc::UnboundedReceiver<(Message, usize)>,
+    outbox: Arc<Outbox>,
+}
+
+impl Outgoing {
+    /// The next frame; never resolves once the connection's subscriptions are gone.
+    pub async fn recv(&mut self) -> Message {
+        match self.rx.recv().await {
+            Some((msg, size)) => {
+                self.outbox.release(size);
+                msg
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A frame if one is ready.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        let (msg, size) = self.rx.try_recv().ok()?;
+        self.outbox.release(size);
+        Some(msg)
+    }
+
+    /// Cancelled when the connection is too slow and must be closed with
+    /// [`SLOW_CLOSE_CODE`].
+    pub fn slow(&self) -> CancellationToken {
+        self.outbox.slow.clone()
+    }
+
+    /// Drops every queued frame (the connection is being closed).
+    pub fn discard(&mut self) {
+        self.rx.close();
+        while let Ok((_, size)) = self.rx.try_recv() {
+            self.outbox.release(size);
+        }
+    }
+}
+
+impl Fanout {
+    /// Starts the fan-out thread on the store's change stream. `epoch` names the history
+    /// the positions belong to.
+    pub fn start(store: &Store, config: FanoutConfig, epoch: String) -> std::io::Result<Fanout> {
+        let changes = store.changes();
+        let inner = Arc::new(Inner {
+            window: RwLock::new(Window::new(
+                store.last_seq(),
+                config.resume_window,
+                config.resume_window_bytes,
+            )),
+            config,
+            epoch,
+            topics: RwLock::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+        });
+        let thread = inner.clone();
+        std::thread::Builder::new()
+            .name("flowhub-fanout".into())
+            .spawn(move || {
+                while let Ok(batch) = changes.recv() {
+                    thread.publish(batch.into_iter().map(|c| Arc::new(Event::new(c))).collect());
+                }
+            })?;
+        Ok(Fanout {
+            inner,
+            store: store.clone(),
+        })
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    /// A new connection's subscription state and the queue its writer drains.
+    pub fn connect(&self) -> (Connection, Outgoing) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Arc::new(Outbox {
+            conn: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
+            tx,
+            queued: AtomicUsize::new(0),
+            limit: self.inner.config.max_outbound_bytes,
+            slow: CancellationToken::new(),
+        });
+        let conn = Connection::new(self.clone(), outbox.clone());
+        (conn, Outgoing { rx, outbox })
+    }
+
+    /// The number of subscriptions registered, hub-wide.
+    pub fn subscriptions(&self) -> usize {
+        self.inner
+            .topics
+            .read()
+            .values()
+            .flat_map(|ns| ns.values())
+            .map(|t| {
+                t.all.len() + t.objects.values().map(Vec::len).sum::<usize>() + t.queries.len()
+            })
+            .sum()
+    }
+
+    fn register(&self, sub: &Arc<Sub>) {
+        let mut topics = self.inner.topics.write();
+        let topic = topics
+            .entry(sub.endpoint.clone())
+            .or_default()
+            .entry(sub.namespace.clone())
+            .or_default();
+        match &sub.target {
+            Target::Endpoint => topic.all.push(sub.clone()),
+            Target::Object(id) => topic
+                .objects
+                .entry(Arc::from(id.as_str()))
+                .or_default()
+                .push(sub.clone()),
+            Target::Query(g) => topic.queries.insert(sub.clone(), g),
+        }
+    }
+
+    fn unregister(&self, sub: &Arc<Sub>) {
+        sub.closed.store(true, Ordering::Relaxed);
+        let mut topics = self.inner.topics.write();
+        let Some(by_ns) = topics.get_mut(&sub.endpoint) else {
+            return;
+        };
+        if let Some(topic) = by_ns.get_mut(&sub.namespace) {
+            match &sub.target {
+                Target::Endpoint => topic.all.retain(|s| !Arc::ptr_eq(s, sub)),
+                Target::Object(id) => {
+                    if let Some(list) = topic.objects.get_mut(id.as_str()) {
+                        list.retain(|s| !Arc::ptr_eq(s, sub));
+                        if list.is_empty() {
+                            topic.objects.remove(id.as_str());
+                        }
+                    }
+                }
+                Target::Query(g) => topic.queries.remove(sub, g),
+            }
+            if topic.is_empty() {
+                by_ns.remove(&sub.namespace);
+            }
+        }
+        if by_ns.is_empty() {
+            topics.remove(&sub.endpoint);
+        }
+    }
+}
+
+impl Inner {
+    /// Runs on the fan-out thread: one committed batch, in commit order.
+    fn publish(&self, events: Vec<Arc<Event>>) {
+        {
+            let mut w = self.window.write();
+            for ev in &events {
+                w.push(ev.clone());
+            }
+        }
+        let topics = self.topics.read();
+        for ev in &events {
+            let Some(topic) = topics.get(&ev.endpoint).and_then(|n| n.get(&ev.namespace)) else {
+                continue;
+            };
+            for sub in &topic.all {
+                sub.deliver(ev, None);
+            }
+            if let Some(subs) = topic.objects.get(&ev.id) {
+                for sub in subs {
+                    sub.deliver(ev, None);
+                }
+            }
+            let old = ev.old.as_ref().map(|r| &r.json[..]);
+            let new = ev.new.as_ref().map(|r| &r.json[..]);
+            topic.queries.candidates(old, new, |sub| {
+                if let Some(live) = sub.sees(ev) {
+                    sub.deliver(ev, live);
+                }
+            });
+        }
+    }
+}
