@@ -640,3 +640,61 @@ async fn a_subscriber_that_stops_reading_is_cut_off_while_another_keeps_receivin
     assert_eq!(r["data"]["i"], total - 1);
     hub.stop().await;
 }
+
+/// Resident memory of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A real hub process: a subscriber that never reads is cut off (with a log line) and the
+/// hub's memory stays bounded while far more event bytes than that pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_does_not_grow_the_hubs_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowhub"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("FLOWHUB_LISTEN", "127.0.0.1:0")
+        .env("FLOWHUB_DATA_DIR", dir.path())
+        .env("FLOWHUB_DURABILITY", "memory")
+        .env("FLOWHUB_LOG_FORMAT", "json")
+        .env("FLOWHUB_MAX_OUTBOUND_BYTES", "1048576")
+        .env("FLOWHUB_RESUME_WINDOW_BYTES", "4194304")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let (mut child, addr, log) = common::spawn_serve(&mut cmd);
+    let url = format!("ws://{addr}/ws");
+    let ep = "mem/thing";
+    let mut w = WsClient::connect(&url).await;
+    create(&mut w, ep, json!({"id": "a"})).await;
+    let mut stuck = WsClient::connect(&url).await;
+    subscribe(&mut stuck, json!({"endpoint": ep})).await;
+    let pad = "x".repeat(64 * 1024);
+    // Warm up (the allocator, the socket buffers, the resume window), then measure.
+    for i in 0..100 {
+        update(&mut w, ep, "a", json!({"i": i, "pad": pad})).await;
+    }
+    let before = rss_kib(child.id());
+    let total = 1500; // about 96 MiB of events for the stuck subscriber
+    for i in 0..total {
+        update(&mut w, ep, "a", json!({"i": i, "pad": pad})).await;
+    }
+    let after = rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("slow subscriber"),
+        "the cut-off is logged; the log:\n{log}"
+    );
+    assert!(
+        after < before + 48 * 1024,
+        "the hub's memory grew from {before} KiB to {after} KiB while ~96 MiB of events went to a stuck subscriber"
+    );
+    drop(stuck);
+}

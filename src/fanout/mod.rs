@@ -430,3 +430,129 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogRecord, MemoryOnly};
+    use crate::protocol::subscribe::parse_subscribe;
+    use crate::store::{StoreConfig, WriteOp};
+    use serde_json::{json, Value};
+
+    fn config() -> FanoutConfig {
+        FanoutConfig {
+            resume_window: 100,
+            resume_window_bytes: 1 << 20,
+            max_outbound_bytes: 1 << 20,
+            max_subscriptions: 8,
+            max_list_items: 100,
+        }
+    }
+
+    async fn next(out: &mut Outgoing) -> Value {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(10), out.recv())
+            .await
+            .expect("a frame");
+        match m {
+            Message::Text(t) => serde_json::from_str(&t).expect("JSON"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn published_changes_reach_subscribers_without_touching_the_store() {
+        let store = Store::new(StoreConfig::default(), Box::new(MemoryOnly), 0);
+        let fanout = Fanout::start(&store, config(), "e1".into()).expect("fan-out thread");
+        let (conn, mut out) = fanout.connect();
+        let sub = parse_subscribe(
+            json!({"endpoint": "ext/device", "condition": {"items": [
+                {"key": "site", "operator": "EQUAL", "value": "x"}]}})
+            .as_object()
+            .cloned()
+            .expect("object"),
+        )
+        .expect("a subscribe");
+        conn.subscribe(sub, None, Encoding::Json)
+            .expect("subscribed");
+        let reply = next(&mut out).await;
+        assert_eq!(
+            (reply["epoch"].as_str(), reply["position"].as_u64()),
+            (Some("e1"), Some(0))
+        );
+        let data = json!({"id": "d1", "site": "x"}).as_object().cloned();
+        let seq = store
+            .publish("ext/device", "", "d1", ChangeKind::Create, data)
+            .await
+            .expect("published");
+        let ev = next(&mut out).await;
+        assert_eq!(ev["position"], seq);
+        assert_eq!(
+            (ev["kind"].as_str(), ev["live"].as_str()),
+            (Some("CREATE"), Some("enter"))
+        );
+        assert_eq!(ev["data"], json!({"id": "d1", "site": "x"}));
+        assert!(
+            store.open("ext/device", "", "d1").is_none(),
+            "the store is untouched"
+        );
+        // A store write to the same id right after is unaffected by the published change.
+        let r = store
+            .write(WriteOp::Create {
+                endpoint: "ext/device".into(),
+                namespace: String::new(),
+                id: Some("d1".into()),
+                data: json!({"site": "y"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .await
+            .expect("created");
+        assert_eq!(r.version, seq + 1, "one sequence for both");
+        let gone = store
+            .publish(
+                "ext/device",
+                "",
+                "d1",
+                ChangeKind::Delete,
+                json!({"site": "x"}).as_object().cloned(),
+            )
+            .await
+            .expect("published");
+        let ev = next(&mut out).await;
+        assert_eq!(
+            (ev["position"].as_u64(), ev["live"].as_str()),
+            (Some(gone), Some("leave"))
+        );
+        assert_eq!(fanout.subscriptions(), 1);
+        drop(conn);
+        assert_eq!(
+            fanout.subscriptions(),
+            0,
+            "a dropped connection ends its subscriptions"
+        );
+    }
+
+    #[test]
+    fn a_start_skips_published_records() {
+        let rec = |seq: u64, published: bool| LogRecord {
+            seq,
+            created_seq: seq,
+            endpoint: "a/b".into(),
+            namespace: String::new(),
+            id: format!("o{seq}"),
+            state: Some(bytes::Bytes::from(format!("{{\"id\":\"o{seq}\"}}"))),
+            published,
+        };
+        let store = Store::restore(
+            StoreConfig::default(),
+            Box::new(MemoryOnly),
+            vec![rec(1, false), rec(2, true)],
+            2,
+        )
+        .expect("restored");
+        assert!(store.open("a/b", "", "o1").is_some());
+        assert!(store.open("a/b", "", "o2").is_none());
+        assert_eq!(store.last_seq(), 2);
+    }
+}
