@@ -698,3 +698,92 @@ async fn a_stuck_subscriber_does_not_grow_the_hubs_memory() {
     );
     drop(stuck);
 }
+
+/// Validators for `protocol/schemas/`: (reply, event, subscribe).
+fn schemas() -> (
+    jsonschema::Validator,
+    jsonschema::Validator,
+    jsonschema::Validator,
+) {
+    const BASE: &str = "https://flowhub.example/protocol/v1/";
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol/schemas");
+    let names = [
+        "call.json",
+        "reply.json",
+        "condition.json",
+        "parameters.json",
+        "subscribe.json",
+        "event.json",
+    ];
+    let docs: Vec<(String, Value)> = names
+        .iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(dir.join(n)).unwrap();
+            (format!("{BASE}{n}"), serde_json::from_str(&text).unwrap())
+        })
+        .collect();
+    let registry = jsonschema::Registry::new()
+        .extend(
+            docs.iter()
+                .map(|(u, v)| (u.clone(), jsonschema::Resource::from_contents(v.clone()))),
+        )
+        .unwrap()
+        .prepare()
+        .unwrap();
+    let build = |name: &str| {
+        let doc = &docs.iter().find(|(u, _)| u.ends_with(name)).unwrap().1;
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .with_registry(&registry)
+            .build(doc)
+            .unwrap()
+    };
+    (
+        build("reply.json"),
+        build("event.json"),
+        build("subscribe.json"),
+    )
+}
+
+fn valid(v: &jsonschema::Validator, frame: &Value) {
+    let errors: Vec<String> = v.iter_errors(frame).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{frame} does not validate: {errors:?}");
+}
+
+#[tokio::test]
+async fn frames_validate_against_the_schemas() {
+    let (reply, event_schema, subscribe_schema) = schemas();
+    let hub = TestHub::start_with(memory_hub()).await;
+    let mut w = hub.ws().await;
+    create(&mut w, "schema/x", json!({"id": "a", "n": 1})).await;
+    for enc in [Enc::Json, Enc::MsgPack] {
+        let mut s = hub.ws().await;
+        let frames = [
+            json!({"type": "subscribe", "subscription": "all", "endpoint": "schema/x", "snapshot": true}),
+            json!({"type": "subscribe", "subscription": "one", "endpoint": "schema/x", "objectid": "zz", "snapshot": true, "patch": true}),
+            json!({"type": "subscribe", "subscription": "q", "endpoint": "schema/x",
+                   "condition": {"items": [{"key": "n", "operator": ">", "value": 0}]}, "from": 0}),
+        ];
+        for f in frames {
+            valid(&subscribe_schema, &f);
+            let r = subscribe_enc(&mut s, f, enc).await;
+            valid(&reply, &r);
+        }
+        update(&mut w, "schema/x", "a", json!({"n": 2})).await;
+        for _ in 0..2 {
+            valid(&event_schema, &event(&mut s).await);
+        }
+        let f = json!({"type": "unsubscribe", "subscription": "q"});
+        valid(&subscribe_schema, &f);
+        valid(&reply, &s.call_enc(f, enc).await);
+        let bad = s
+            .call_enc(
+                json!({"type": "subscribe", "endpoint": "schema/x", "from": -3}),
+                enc,
+            )
+            .await;
+        valid(&reply, &bad);
+    }
+    hub.stop().await;
+}
