@@ -15,6 +15,10 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::protocol::Encoding;
 use crate::store::{Change, ChangeKind, Record};
 
+const HEAD: &str = "{\"type\":\"event\",\"subscription\":";
+const KIND: &str = ",\"kind\":\"";
+const LIVE: &str = "\",\"live\":\"";
+
 /// How a change looks from a live query: the object came into the result, changed inside
 /// it, or left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,9 +58,10 @@ pub struct Event {
 /// The shared part of an event frame.
 #[derive(Debug)]
 struct Tail {
-    /// JSON: the fields after the head and the closing brace (valid UTF-8); MessagePack: the
-    /// map's entries after the head's.
+    /// MessagePack: the map's entries after the head's.
     bytes: Bytes,
+    /// JSON: the fields after the head and the closing brace.
+    text: String,
     /// MessagePack: how many map entries `bytes` holds.
     entries: u32,
 }
@@ -87,12 +92,11 @@ impl Event {
         self.new.as_ref().or(self.old.as_ref())
     }
 
-    /// Builds the frame for one subscription: `sid` is the subscription id, already encoded
-    /// as a JSON string or a MessagePack str.
+    /// Builds the frame for one subscription, named by `sid`.
     pub fn frame(
         &self,
         encoding: Encoding,
-        sid: &[u8],
+        sid: &Sid,
         live: Option<Live>,
         patch: bool,
     ) -> (Message, usize) {
@@ -107,15 +111,26 @@ impl Event {
         let tail = self.tails[slot].get_or_init(|| self.tail(encoding, patch));
         match encoding {
             Encoding::Json => {
-                let tail_str = std::str::from_utf8(&tail.bytes).unwrap_or("}");
-                let mut s = String::with_capacity(64 + sid.len() + tail_str.len());
-                s.push_str("{\"type\":\"event\",\"subscription\":");
-                s.push_str(std::str::from_utf8(sid).unwrap_or("\"\""));
-                s.push_str(",\"kind\":\"");
-                s.push_str(self.kind.as_str());
-                if let Some(l) = live {
-                    s.push_str("\",\"live\":\"");
-                    s.push_str(l.as_str());
+                let tail_str = tail.text.as_str();
+                let kind = self.kind.as_str();
+                let live_str = live.map(Live::as_str);
+                // The exact length: a buffer as long as its capacity becomes `Bytes` without
+                // a second allocation.
+                let len = HEAD.len()
+                    + sid.json.len()
+                    + KIND.len()
+                    + kind.len()
+                    + live_str.map_or(0, |l| LIVE.len() + l.len())
+                    + 2
+                    + tail_str.len();
+                let mut s = String::with_capacity(len);
+                s.push_str(HEAD);
+                s.push_str(&sid.json);
+                s.push_str(KIND);
+                s.push_str(kind);
+                if let Some(l) = live_str {
+                    s.push_str(LIVE);
+                    s.push_str(l);
                 }
                 s.push_str("\",");
                 s.push_str(tail_str);
@@ -123,13 +138,13 @@ impl Event {
                 (Message::Text(Utf8Bytes::from(s)), n)
             }
             Encoding::MsgPack => {
-                let mut out = Vec::with_capacity(48 + sid.len() + tail.bytes.len());
+                let mut out = Vec::with_capacity(48 + sid.msgpack.len() + tail.bytes.len());
                 let head = 3 + u32::from(live.is_some());
                 let _ = rmp::encode::write_map_len(&mut out, head + tail.entries);
                 let _ = rmp::encode::write_str(&mut out, "type");
                 let _ = rmp::encode::write_str(&mut out, "event");
                 let _ = rmp::encode::write_str(&mut out, "subscription");
-                out.extend_from_slice(sid);
+                out.extend_from_slice(&sid.msgpack);
                 let _ = rmp::encode::write_str(&mut out, "kind");
                 let _ = rmp::encode::write_str(&mut out, self.kind.as_str());
                 if let Some(l) = live {
@@ -177,7 +192,9 @@ impl Event {
                 }
                 out.push(b'}');
                 Tail {
-                    bytes: Bytes::from(out),
+                    bytes: Bytes::new(),
+                    // Written from JSON text the hub made and serde_json output only.
+                    text: String::from_utf8(out).unwrap_or_else(|_| "\"data\":null}".into()),
                     entries: 0,
                 }
             }
@@ -213,6 +230,7 @@ impl Event {
                 }
                 Tail {
                     bytes: Bytes::from(out),
+                    text: String::new(),
                     entries,
                 }
             }
@@ -225,13 +243,25 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// A subscription id as it appears in frames: a JSON string and a MessagePack str.
-pub fn encode_sid(id: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut json = Vec::with_capacity(id.len() + 2);
-    push_json_str(&mut json, id);
-    let mut mp = Vec::with_capacity(id.len() + 5);
-    let _ = rmp::encode::write_str(&mut mp, id);
-    (json, mp)
+/// A subscription id as it appears in frames, encoded once.
+#[derive(Debug, Clone)]
+pub struct Sid {
+    /// As a JSON string, quotes included.
+    pub json: String,
+    /// As a MessagePack str.
+    pub msgpack: Vec<u8>,
+}
+
+impl Sid {
+    pub fn new(id: &str) -> Sid {
+        let mut msgpack = Vec::with_capacity(id.len() + 5);
+        let _ = rmp::encode::write_str(&mut msgpack, id);
+        Sid {
+            // Serializing a &str cannot fail.
+            json: serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into()),
+            msgpack,
+        }
+    }
 }
 
 /// The RFC 7386 merge patch that turns `old` into `new`: changed and added fields with their
@@ -295,12 +325,12 @@ mod tests {
             old: Some(record(json!({"id": "o1", "n": 1}), 4)),
             new: Some(record(json!({"id": "o1", "n": 2}), 9)),
         });
-        let (json_sid, mp_sid) = encode_sid("s\"1");
+        let sid = Sid::new("s\"1");
         for patch in [false, true] {
-            let (m, _) = ev.frame(Encoding::Json, &json_sid, Some(Live::Change), patch);
+            let (m, _) = ev.frame(Encoding::Json, &sid, Some(Live::Change), patch);
             let Message::Text(t) = m else { panic!("text") };
             let a: Value = serde_json::from_str(&t).unwrap();
-            let (m, _) = ev.frame(Encoding::MsgPack, &mp_sid, Some(Live::Change), patch);
+            let (m, _) = ev.frame(Encoding::MsgPack, &sid, Some(Live::Change), patch);
             let Message::Binary(b) = m else {
                 panic!("binary")
             };

@@ -141,7 +141,12 @@ impl QueryIndex {
     }
 
     /// Calls `f` with every query that may match `old` or `new` (each once).
-    pub fn candidates(&self, old: Option<&[u8]>, new: Option<&[u8]>, mut f: impl FnMut(&Arc<Sub>)) {
+    pub fn candidates<'a>(
+        &'a self,
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+        mut f: impl FnMut(&'a Arc<Sub>),
+    ) {
         for (path, by_key) in &self.by_term {
             let key_of =
                 |json: Option<&[u8]>| json.and_then(|j| TermKey::of_field(j.field(path).as_ref()));

@@ -2,7 +2,9 @@
 //! bounded outbound queues.
 //!
 //! The sequencer hands every committed batch of changes, in commit order, to one fan-out
-//! thread ([`crate::store::Store::changes`]). For each change the thread makes one
+//! task ([`crate::store::Store::changes`]). It runs on the async runtime, not on a thread of
+//! its own, so that waking the connections' writers is a push onto the worker's run queue
+//! rather than a cross-thread wake-up per connection. For each change the task makes one
 //! [`Event`], appends it to the resume [`Window`], finds the subscriptions it concerns — the
 //! endpoint's subscribers in that namespace, the object's subscribers, and the live queries
 //! the [`matcher`] picks — and pushes one frame per subscription onto that connection's
@@ -10,7 +12,7 @@
 //! change and encoding and shared by every subscriber.
 //!
 //! Invariants:
-//! - Events reach each subscription in commit order, once: one thread delivers them, in
+//! - Events reach each subscription in commit order, once: one task delivers them, in
 //!   order, and a subscription's `gate` drops positions it has already covered.
 //! - The fan-out never waits for a subscriber: an outbox is unbounded as a channel but
 //!   bounded in bytes (`max_outbound_bytes`); a push past the bound marks the connection
@@ -46,6 +48,57 @@ use crate::store::{ChangeKind, Store};
 /// code Centrifugo uses for slow consumers).
 pub const SLOW_CLOSE_CODE: u16 = 3008;
 
+/// The frames of one event made so far, by subscription id and form: subscriptions of the
+/// same name on different connections (every browser running the same application names
+/// its subscriptions alike, and unnamed ones are `s1`, `s2`, … on every connection) share
+/// one frame, so a delivery is a reference count, not a copy.
+#[derive(Default)]
+struct Frames<'s> {
+    by_key: HashMap<(&'s str, u8), (Message, usize), foldhash::fast::RandomState>,
+    /// The last frame used: consecutive subscriptions usually share it, and a comparison
+    /// of a short name is cheaper than hashing it.
+    last: Option<((&'s str, u8), Message, usize)>,
+}
+
+impl<'s> Frames<'s> {
+    fn clear(&mut self) {
+        self.by_key.clear();
+        self.last = None;
+    }
+
+    fn get(&mut self, key: (&'s str, u8)) -> Option<(Message, usize)> {
+        if let Some((k, m, n)) = &self.last {
+            if *k == key {
+                return Some((m.clone(), *n));
+            }
+        }
+        let (m, n) = self.by_key.get(&key)?;
+        let found = (m.clone(), *n);
+        self.last = Some((key, m.clone(), *n));
+        Some(found)
+    }
+
+    fn insert(&mut self, key: (&'s str, u8), frame: (Message, usize)) {
+        self.last = Some((key, frame.0.clone(), frame.1));
+        self.by_key.insert(key, frame);
+    }
+}
+
+/// An event's old and new state as trees.
+type Trees = (
+    Option<serde_json::Map<String, serde_json::Value>>,
+    Option<serde_json::Map<String, serde_json::Value>>,
+);
+
+/// Past this many live queries to test against one change, its states are parsed once.
+const PARSE_FOR: usize = 16;
+
+/// Frames queued together, each with the bytes it was counted for (0: not counted).
+type Batch = Vec<(Message, usize)>;
+
+/// Most events delivered in one round.
+const MAX_ROUND: usize = 4096;
+
 /// A gate that is not open yet: events are held until the subscription's start is known.
 const PENDING: u64 = u64::MAX;
 
@@ -68,7 +121,7 @@ pub struct FanoutConfig {
 #[derive(Clone)]
 pub struct Fanout {
     inner: Arc<Inner>,
-    /// Reads snapshots; the fan-out thread itself holds no store (it must not keep the
+    /// Reads snapshots; the fan-out task itself holds no store (it must not keep the
     /// sequencer alive).
     store: Store,
 }
@@ -100,9 +153,8 @@ impl Topic {
 /// One subscription of one connection.
 pub struct Sub {
     pub id: String,
-    /// The id encoded as a JSON string, and as a MessagePack str.
-    sid_json: Vec<u8>,
-    sid_mp: Vec<u8>,
+    /// The id as frames carry it.
+    sid: event::Sid,
     pub endpoint: String,
     pub namespace: String,
     pub target: Target,
@@ -120,31 +172,33 @@ pub struct Sub {
 impl Sub {
     /// The frame of `ev` for this subscription.
     fn frame(&self, ev: &Event, live: Option<Live>) -> (Message, usize) {
-        let sid = match self.encoding {
-            Encoding::Json => &self.sid_json,
-            Encoding::MsgPack => &self.sid_mp,
-        };
-        ev.frame(self.encoding, sid, live, self.patch)
+        ev.frame(self.encoding, &self.sid, live, self.patch)
     }
 
     /// How `ev` looks to this subscription: `None` if it does not concern it.
-    fn sees(&self, ev: &Event) -> Option<Option<Live>> {
+    /// `trees`: the old and the new state parsed once, when many queries test them (a field
+    /// lookup in a tree is cheaper than a scan of the text).
+    fn sees(&self, ev: &Event, trees: Option<&Trees>) -> Option<Option<Live>> {
         match &self.target {
             Target::Endpoint => Some(None),
             Target::Object(id) => (**id == *ev.id).then_some(None),
             Target::Query(g) => {
-                let test = |r: &Option<Arc<crate::store::Record>>| {
-                    r.as_ref().is_some_and(|r| g.matches(&r.json[..]))
+                let test = |old: bool| match trees {
+                    Some((o, n)) => {
+                        let t = if old { o } else { n };
+                        t.as_ref().is_some_and(|m| g.matches(m))
+                    }
+                    None => {
+                        let r = if old { &ev.old } else { &ev.new };
+                        r.as_ref().is_some_and(|r| g.matches(&r.json[..]))
+                    }
                 };
                 let (was, is) = if ev.published && ev.kind != ChangeKind::Delete {
                     // A provider's change carries no old state: a match is an entry when
                     // created, else a change; a non-match says nothing.
-                    (
-                        ev.kind == ChangeKind::Update && test(&ev.new),
-                        test(&ev.new),
-                    )
+                    (ev.kind == ChangeKind::Update && test(false), test(false))
                 } else {
-                    (test(&ev.old), test(&ev.new))
+                    (test(true), test(false))
                 };
                 match (was, is) {
                     (false, true) => Some(Some(Live::Enter)),
@@ -158,8 +212,14 @@ impl Sub {
 
     /// Delivers `ev` (already known to concern this subscription) unless the subscription
     /// has covered its position; holds it while the gate is pending.
-    fn deliver(&self, ev: &Event, live: Option<Live>) {
-        if self.closed.load(Ordering::Relaxed) {
+    fn deliver<'s>(
+        &'s self,
+        ev: &Event,
+        live: Option<Live>,
+        frames: &mut Frames<'s>,
+        staging: &mut Staging,
+    ) {
+        if self.closed.load(Ordering::Relaxed) || self.outbox.is_slow() {
             return;
         }
         let mut from = self.gate.load(Ordering::Acquire);
@@ -177,26 +237,44 @@ impl Sub {
         if ev.seq <= from {
             return;
         }
-        let (msg, size) = self.frame(ev, live);
+        let key = (self.sid.json.as_str(), self.form(live));
+        let (msg, size) = match frames.get(key) {
+            Some(f) => f,
+            None => {
+                let f = self.frame(ev, live);
+                frames.insert(key, f.clone());
+                f
+            }
+        };
         if self.outbox.reserve(size) {
-            self.outbox.send(msg, size);
+            staging.stage(&self.outbox, msg, size);
         }
+    }
+
+    /// The frame's form besides the subscription id: encoding, data form and live kind.
+    fn form(&self, live: Option<Live>) -> u8 {
+        let live = match live {
+            None => 0,
+            Some(Live::Enter) => 1,
+            Some(Live::Change) => 2,
+            Some(Live::Leave) => 3,
+        };
+        live | (u8::from(self.patch) << 2) | (u8::from(self.encoding == Encoding::MsgPack) << 3)
     }
 
     /// Opens the gate after `position`: the reply and the catch-up frames go out first, then
     /// the held frames past `position`, then live ones.
     fn open(&self, position: u64, first: Vec<(Message, usize)>) {
         let mut held = self.held.lock();
-        for (msg, size) in first {
-            self.outbox.send(msg, size);
-        }
+        let mut out = first;
         for (seq, msg, size) in held.drain(..) {
             if seq > position {
-                self.outbox.send(msg, size);
+                out.push((msg, size));
             } else {
                 self.outbox.release(size);
             }
         }
+        self.outbox.send_all(out);
         self.gate.store(position, Ordering::Release);
     }
 }
@@ -205,25 +283,35 @@ impl Sub {
 /// overtake events). A channel whose contents are bounded in bytes by the pushes.
 pub struct Outbox {
     conn: u64,
-    tx: mpsc::UnboundedSender<(Message, usize)>,
+    /// Batches of frames.
+    tx: mpsc::UnboundedSender<Batch>,
+    /// Only the fan-out task touches it: this outbox's slot in the [`Staging`] of the batch
+    /// being delivered, plus one (0: none).
+    staged: AtomicUsize,
     /// Bytes of events queued and not yet written.
     queued: AtomicUsize,
     limit: usize,
-    /// Cancelled when the connection fell behind past `limit`.
+    /// Cancelled when the connection fell behind past `limit` (wakes the writer).
     slow: CancellationToken,
+    /// The same, read on every delivery (cheaper than asking the token).
+    is_slow: AtomicBool,
 }
 
 impl Outbox {
     /// Counts `size` bytes of events in, or marks the connection slow (once, with a log
     /// line) when that would pass the bound.
+    fn is_slow(&self) -> bool {
+        self.is_slow.load(Ordering::Relaxed)
+    }
+
     fn reserve(&self, size: usize) -> bool {
-        if self.slow.is_cancelled() {
+        if self.is_slow() {
             return false;
         }
         let queued = self.queued.fetch_add(size, Ordering::AcqRel) + size;
         if queued > self.limit {
             self.queued.fetch_sub(size, Ordering::AcqRel);
-            if !self.slow.is_cancelled() {
+            if !self.is_slow.swap(true, Ordering::AcqRel) {
                 tracing::warn!(
                     conn = self.conn,
                     queued_bytes = queued - size,
@@ -244,35 +332,80 @@ impl Outbox {
 
     /// Queues a frame whose `size` was reserved (0 for a reply, which is not counted).
     fn send(&self, msg: Message, size: usize) {
-        if self.tx.send((msg, size)).is_err() {
-            self.release(size);
+        self.send_all(vec![(msg, size)]);
+    }
+
+    fn send_all(&self, frames: Batch) {
+        if frames.is_empty() {
+            return;
+        }
+        if let Err(e) = self.tx.send(frames) {
+            self.release(e.0.iter().map(|f| f.1).sum());
+        }
+    }
+}
+
+/// The frames of one delivery round, gathered per connection so that each connection's
+/// queue takes one push (and its writer one wake-up) per round instead of one per frame.
+#[derive(Default)]
+struct Staging {
+    slots: Vec<(Arc<Outbox>, Batch)>,
+}
+
+impl Staging {
+    fn stage(&mut self, outbox: &Arc<Outbox>, msg: Message, size: usize) {
+        match outbox.staged.load(Ordering::Relaxed) {
+            0 => {
+                self.slots.push((outbox.clone(), vec![(msg, size)]));
+                outbox.staged.store(self.slots.len(), Ordering::Relaxed);
+            }
+            i => self.slots[i - 1].1.push((msg, size)),
+        }
+    }
+
+    fn flush(&mut self) {
+        for (outbox, frames) in self.slots.drain(..) {
+            outbox.staged.store(0, Ordering::Relaxed);
+            outbox.send_all(frames);
         }
     }
 }
 
 /// The receiving end of an [`Outbox`], read by the connection's writer.
 pub struct Outgoing {
-    rx: mpsc::UnboundedReceiver<(Message, usize)>,
+    rx: mpsc::UnboundedReceiver<Batch>,
+    /// The rest of the batch being written.
+    batch: std::vec::IntoIter<(Message, usize)>,
     outbox: Arc<Outbox>,
 }
 
 impl Outgoing {
     /// The next frame; never resolves once the connection's subscriptions are gone.
     pub async fn recv(&mut self) -> Message {
-        match self.rx.recv().await {
-            Some((msg, size)) => {
-                self.outbox.release(size);
-                msg
+        loop {
+            if let Some(m) = self.next_ready() {
+                return m;
             }
-            None => std::future::pending().await,
+            match self.rx.recv().await {
+                Some(batch) => self.batch = batch.into_iter(),
+                None => std::future::pending().await,
+            }
         }
+    }
+
+    fn next_ready(&mut self) -> Option<Message> {
+        let (msg, size) = self.batch.next()?;
+        self.outbox.release(size);
+        Some(msg)
     }
 
     /// A frame if one is ready.
     pub fn try_recv(&mut self) -> Option<Message> {
-        let (msg, size) = self.rx.try_recv().ok()?;
-        self.outbox.release(size);
-        Some(msg)
+        if let Some(m) = self.next_ready() {
+            return Some(m);
+        }
+        self.batch = self.rx.try_recv().ok()?.into_iter();
+        self.next_ready()
     }
 
     /// Cancelled when the connection is too slow and must be closed with
@@ -284,17 +417,19 @@ impl Outgoing {
     /// Drops every queued frame (the connection is being closed).
     pub fn discard(&mut self) {
         self.rx.close();
-        while let Ok((_, size)) = self.rx.try_recv() {
-            self.outbox.release(size);
+        while self.next_ready().is_some() {}
+        while let Ok(batch) = self.rx.try_recv() {
+            self.outbox.release(batch.iter().map(|f| f.1).sum());
         }
     }
 }
 
 impl Fanout {
-    /// Starts the fan-out thread on the store's change stream. `epoch` names the history
-    /// the positions belong to.
+    /// Starts the fan-out task on the store's change stream (call it inside the runtime).
+    /// `epoch` names the history the positions belong to. The task ends when the sequencer
+    /// stops.
     pub fn start(store: &Store, config: FanoutConfig, epoch: String) -> std::io::Result<Fanout> {
-        let changes = store.changes();
+        let mut changes = store.changes();
         let inner = Arc::new(Inner {
             window: RwLock::new(Window::new(
                 store.last_seq(),
@@ -306,14 +441,27 @@ impl Fanout {
             topics: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         });
-        let thread = inner.clone();
-        std::thread::Builder::new()
-            .name("flowhub-fanout".into())
-            .spawn(move || {
-                while let Ok(batch) = changes.recv() {
-                    thread.publish(batch.into_iter().map(|c| Arc::new(Event::new(c))).collect());
+        let task = inner.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = changes.recv().await {
+                let mut events: Vec<Arc<Event>> =
+                    batch.into_iter().map(|c| Arc::new(Event::new(c))).collect();
+                // Whatever else is committed already goes in the same round (one push per
+                // connection per round).
+                while events.len() < MAX_ROUND {
+                    match changes.try_recv() {
+                        Ok(more) => {
+                            events.extend(more.into_iter().map(|c| Arc::new(Event::new(c))))
+                        }
+                        Err(_) => break,
+                    }
                 }
-            })?;
+                task.publish(events);
+                // A large batch to many subscribers is a long stretch of work: let the
+                // worker run the writers it has just woken.
+                tokio::task::yield_now().await;
+            }
+        });
         Ok(Fanout {
             inner,
             store: store.clone(),
@@ -333,9 +481,16 @@ impl Fanout {
             queued: AtomicUsize::new(0),
             limit: self.inner.config.max_outbound_bytes,
             slow: CancellationToken::new(),
+            is_slow: AtomicBool::new(false),
+            staged: AtomicUsize::new(0),
         });
         let conn = Connection::new(self.clone(), outbox.clone());
-        (conn, Outgoing { rx, outbox })
+        let out = Outgoing {
+            rx,
+            batch: Vec::new().into_iter(),
+            outbox,
+        };
+        (conn, out)
     }
 
     /// The number of subscriptions registered, hub-wide.
@@ -399,7 +554,7 @@ impl Fanout {
 }
 
 impl Inner {
-    /// Runs on the fan-out thread: one committed batch, in commit order.
+    /// Runs on the fan-out task: one committed batch, in commit order.
     fn publish(&self, events: Vec<Arc<Event>>) {
         {
             let mut w = self.window.write();
@@ -408,26 +563,40 @@ impl Inner {
             }
         }
         let topics = self.topics.read();
+        let mut frames = Frames::default();
+        let mut staging = Staging::default();
         for ev in &events {
             let Some(topic) = topics.get(&ev.endpoint).and_then(|n| n.get(&ev.namespace)) else {
                 continue;
             };
+            frames.clear();
             for sub in &topic.all {
-                sub.deliver(ev, None);
+                sub.deliver(ev, None, &mut frames, &mut staging);
             }
             if let Some(subs) = topic.objects.get(&ev.id) {
                 for sub in subs {
-                    sub.deliver(ev, None);
+                    sub.deliver(ev, None, &mut frames, &mut staging);
                 }
             }
             let old = ev.old.as_ref().map(|r| &r.json[..]);
             let new = ev.new.as_ref().map(|r| &r.json[..]);
-            topic.queries.candidates(old, new, |sub| {
-                if let Some(live) = sub.sees(ev) {
-                    sub.deliver(ev, live);
-                }
+            let mut candidates = Vec::new();
+            topic
+                .queries
+                .candidates(old, new, |sub| candidates.push(sub));
+            let trees: Option<Trees> = (candidates.len() > PARSE_FOR).then(|| {
+                (
+                    ev.old.as_ref().map(|r| r.fields()),
+                    ev.new.as_ref().map(|r| r.fields()),
+                )
             });
+            for sub in candidates {
+                if let Some(live) = sub.sees(ev, trees.as_ref()) {
+                    sub.deliver(ev, live, &mut frames, &mut staging);
+                }
+            }
         }
+        staging.flush();
     }
 }
 
@@ -462,7 +631,7 @@ mod tests {
     #[tokio::test]
     async fn published_changes_reach_subscribers_without_touching_the_store() {
         let store = Store::new(StoreConfig::default(), Box::new(MemoryOnly), 0);
-        let fanout = Fanout::start(&store, config(), "e1".into()).expect("fan-out thread");
+        let fanout = Fanout::start(&store, config(), "e1".into()).expect("fan-out task");
         let (conn, mut out) = fanout.connect();
         let sub = parse_subscribe(
             json!({"endpoint": "ext/device", "condition": {"items": [

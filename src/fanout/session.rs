@@ -105,11 +105,9 @@ impl Connection {
                     }
                 },
             };
-            let (sid_json, sid_mp) = event::encode_sid(&id);
             let sub = Arc::new(Sub {
+                sid: event::Sid::new(&id),
                 id: id.clone(),
-                sid_json,
-                sid_mp,
                 endpoint: req.endpoint.clone(),
                 namespace: req.namespace.clone(),
                 target: req.target.clone(),
@@ -163,7 +161,7 @@ impl Connection {
                 position = Some(from.max(head));
                 for ev in events {
                     if ev.endpoint == sub.endpoint && ev.namespace == sub.namespace {
-                        if let Some(live) = sub.sees(&ev) {
+                        if let Some(live) = sub.sees(&ev, None) {
                             let (msg, _) = sub.frame(&ev, live);
                             // Bounded by the resume window; not counted against the queue.
                             frames.push((msg, 0));

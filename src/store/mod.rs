@@ -81,7 +81,7 @@ pub(crate) struct Shared {
     /// The sequence number of the last committed (applied) change.
     last_seq: std::sync::atomic::AtomicU64,
     /// Where the sequencer hands each committed batch, in commit order (the fan-out).
-    changes: parking_lot::Mutex<Option<std::sync::mpsc::SyncSender<Vec<Change>>>>,
+    changes: parking_lot::Mutex<Option<mpsc::Sender<Vec<Change>>>>,
 }
 
 impl Shared {
@@ -291,8 +291,8 @@ impl Store {
     /// The stream of committed changes: every batch the sequencer commits from now on, in
     /// commit order, through a channel of [`sequencer::CHANGE_BATCHES`] batches. There is one
     /// stream; asking again replaces it. It closes when the sequencer stops.
-    pub fn changes(&self) -> std::sync::mpsc::Receiver<Vec<Change>> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(sequencer::CHANGE_BATCHES);
+    pub fn changes(&self) -> mpsc::Receiver<Vec<Change>> {
+        let (tx, rx) = mpsc::channel(sequencer::CHANGE_BATCHES);
         *self.shared.changes.lock() = Some(tx);
         rx
     }

@@ -12,7 +12,7 @@
 //! After a batch is applied and answered, its changes go, in commit order, to the change
 //! stream the fan-out reads ([`super::Store::changes`]): a bounded channel of batches. The
 //! fan-out never waits on a subscriber (its per-connection queues are non-blocking), so the
-//! sequencer waits there only if the fan-out thread is [`CHANGE_BATCHES`] batches behind on
+//! sequencer waits there only if the fan-out task is [`CHANGE_BATCHES`] batches behind on
 //! CPU alone.
 
 use std::collections::HashMap;
@@ -220,7 +220,7 @@ fn run(
                     // Cloned out so that the lock is not held while the channel is full.
                     let stream = shared.changes.lock().clone();
                     if let Some(tx) = stream {
-                        let _ = tx.send(std::mem::take(&mut changes));
+                        let _ = tx.blocking_send(std::mem::take(&mut changes));
                     }
                 }
                 // Between batches the state is exactly the log up to `next_seq - 1`: the cut.

@@ -10,6 +10,7 @@
 
 mod data;
 mod durable;
+mod fanout;
 mod hub;
 mod list;
 mod redis;
@@ -28,7 +29,7 @@ use serde_json::{json, Value};
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Every scenario, in the order a full run takes them.
-const SCENARIOS: [&str; 3] = ["durable-update", "restart", "list"];
+const SCENARIOS: [&str; 4] = ["durable-update", "restart", "list", "fanout"];
 
 /// How long and how large each scenario is.
 #[derive(Debug, Clone)]
@@ -78,7 +79,7 @@ const USAGE: &str = "usage: flowhub-bench [--quick] [--json FILE] [--scenario NA
   --quick          small data and short windows (CI, a first look)
   --json FILE      also write every figure as JSON, one object per scenario
   --scenario NAME  run only this scenario (repeatable, or comma-separated):
-                   durable-update, restart, list
+                   durable-update, restart, list, fanout
 environment: FLOWHUB_BIN  the flowhub binary to run (default: build target/release/flowhub)";
 
 fn parse_args() -> Result<Args, String> {
@@ -120,6 +121,10 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    // The fan-out scenario's bare broadcaster is this program started again.
+    if std::env::args().nth(1).as_deref() == Some("--broadcaster") {
+        return fanout::broadcaster_main();
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -185,6 +190,7 @@ async fn run(args: Args) -> Res<()> {
                 value
             }
             "list" => list::run(&plan, &bin, loaded.take()).await?,
+            "fanout" => fanout::run(&plan, &bin).await?,
             _ => continue,
         };
         println!("({name}: {:.1} s)", t.elapsed().as_secs_f64());
