@@ -97,7 +97,7 @@ const PARSE_FOR: usize = 16;
 type Batch = Vec<(Message, usize)>;
 
 /// Most events delivered in one round.
-const MAX_ROUND: usize = 4096;
+const MAX_ROUND: usize = 256;
 
 /// A gate that is not open yet: events are held until the subscription's start is known.
 const PENDING: u64 = u64::MAX;

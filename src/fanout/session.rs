@@ -2,14 +2,14 @@
 //!
 //! A subscribe never races with changes. It runs in this order:
 //! 1. the subscription is registered with its gate *pending*: from here on every matching
-//!    change the fan-out thread handles is framed and held in the subscription;
+//!    change the fan-out task handles is framed and held in the subscription;
 //! 2. its start is read: a snapshot under the collection's read lock, which gives the
 //!    position of the last change applied to the collection (every later change to it has a
 //!    greater position); or the resume window's events after `from`, and the window's head;
 //!    or, for a plain subscribe, the window's head;
 //! 3. under the subscription's lock: the reply (with the snapshot) and the missed events are
 //!    queued, then the held frames whose position is past the start, and the gate opens at
-//!    that position, so the fan-out thread delivers directly from then on.
+//!    that position, so the fan-out task delivers directly from then on.
 //!
 //! A change the snapshot holds was applied before step 2 and so has a position at most the
 //! snapshot's: it is dropped at the gate. A change it does not hold is applied after step 2,

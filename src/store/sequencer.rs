@@ -243,7 +243,7 @@ fn run(
     if log.wants_snapshot(true) {
         log.snapshot(next_seq - 1, shared.entries(), true);
     }
-    // The change stream ends with the writes: the fan-out thread sees it closed and stops.
+    // The change stream ends with the writes: the fan-out task sees it closed and stops.
     shared.changes.lock().take();
 }
 
