@@ -787,3 +787,43 @@ async fn frames_validate_against_the_schemas() {
     }
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_resume_larger_than_the_connections_queue_is_not_recovered() {
+    let hub = TestHub::start_with(Config {
+        max_outbound_bytes: 16 * 1024,
+        ..memory_hub()
+    })
+    .await;
+    let ep = "resume/big";
+    let mut w = hub.ws().await;
+    let mut s = hub.ws().await;
+    let r = subscribe(&mut s, json!({"endpoint": ep})).await;
+    let (epoch, from) = (r["epoch"].clone(), r["position"].clone());
+    drop(s);
+    let pad = "x".repeat(1024);
+    create(&mut w, ep, json!({"id": "a"})).await;
+    for i in 0..40 {
+        update(&mut w, ep, "a", json!({"i": i, "pad": pad})).await;
+    }
+    let mut s = hub.ws().await;
+    let r = subscribe(
+        &mut s,
+        json!({"endpoint": ep, "from": from, "epoch": epoch}),
+    )
+    .await;
+    assert_eq!(
+        r["recovered"], false,
+        "40 KiB of missed events do not fit in 16 KiB: {r}"
+    );
+    // A small gap still resumes.
+    let at = update(&mut w, ep, "a", json!({"i": 99})).await["version"]
+        .as_u64()
+        .unwrap();
+    let small = update(&mut w, ep, "a", json!({"i": 100})).await;
+    let mut s2 = hub.ws().await;
+    let r = subscribe(&mut s2, json!({"endpoint": ep, "from": at, "epoch": epoch})).await;
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(event(&mut s2).await["version"], small["version"]);
+    hub.stop().await;
+}

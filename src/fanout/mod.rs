@@ -326,6 +326,17 @@ impl Outbox {
         true
     }
 
+    /// Counts `size` bytes in if they fit under the bound with what is queued; unlike
+    /// [`Outbox::reserve`] a refusal does not mark the connection slow.
+    fn reserve_all(&self, size: usize) -> bool {
+        let queued = self.queued.fetch_add(size, Ordering::AcqRel) + size;
+        if queued > self.limit {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
     fn release(&self, size: usize) {
         self.queued.fetch_sub(size, Ordering::AcqRel);
     }

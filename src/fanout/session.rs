@@ -156,19 +156,26 @@ impl Connection {
             } else {
                 None
             };
-            recovered = Some(missed.is_some());
             if let Some((events, head)) = missed {
-                position = Some(from.max(head));
+                let mut total = 0;
                 for ev in events {
                     if ev.endpoint == sub.endpoint && ev.namespace == sub.namespace {
                         if let Some(live) = sub.sees(&ev, None) {
-                            let (msg, _) = sub.frame(&ev, live);
-                            // Bounded by the resume window; not counted against the queue.
-                            frames.push((msg, 0));
+                            let (msg, size) = sub.frame(&ev, live);
+                            total += size;
+                            frames.push((msg, size));
                         }
                     }
                 }
+                // The missed events count against the connection's queue like live ones;
+                // more than it may hold is more than a resume can deliver: reload instead.
+                if self.outbox.reserve_all(total) {
+                    position = Some(from.max(head));
+                } else {
+                    frames.clear();
+                }
             }
+            recovered = Some(position.is_some());
         }
         let mut snapshot = Snapshot::None;
         if position.is_none() && req.snapshot {
