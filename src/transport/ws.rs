@@ -20,8 +20,8 @@
 //!
 //! Close codes: 1000 when the client closes, 1001 when the hub shuts down, 1009 for a message
 //! over four times `max_frame_bytes`, 1007 for a text frame that is not UTF-8, 1002 for another
-//! WebSocket protocol error, 3008 for a subscriber that fell behind. Messages over `max_frame_bytes` (but under the hard limit) get a
-//! `TOO_LARGE` reply and the socket stays.
+//! WebSocket protocol error, 3008 for a subscriber that fell behind. Messages over
+//! `max_frame_bytes` (but under the hard limit) get a `TOO_LARGE` reply and the socket stays.
 
 use std::sync::Arc;
 use std::time::Duration;
