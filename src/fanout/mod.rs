@@ -54,7 +54,10 @@ pub const SLOW_CLOSE_CODE: u16 = 3008;
 /// one frame, so a delivery is a reference count, not a copy.
 #[derive(Default)]
 struct Frames<'s> {
-    by_key: HashMap<(&'s str, u8), (Message, usize), foldhash::fast::RandomState>,
+    /// A key seen once maps to `None`: its frame is kept (a second reference to it, which
+    /// costs a shared allocation) only once a second subscription asks for it, so frames
+    /// nobody shares cost no more than a copy.
+    by_key: HashMap<(&'s str, u8), Option<(Message, usize)>, foldhash::fast::RandomState>,
     /// The last frame used: consecutive subscriptions usually share it, and a comparison
     /// of a short name is cheaper than hashing it.
     last: Option<((&'s str, u8), Message, usize)>,
@@ -66,21 +69,34 @@ impl<'s> Frames<'s> {
         self.last = None;
     }
 
-    fn get(&mut self, key: (&'s str, u8)) -> Option<(Message, usize)> {
+    /// The frame of `key`, made by `make` unless it is kept already.
+    fn get_or_make(
+        &mut self,
+        key: (&'s str, u8),
+        make: impl FnOnce() -> (Message, usize),
+    ) -> (Message, usize) {
         if let Some((k, m, n)) = &self.last {
             if *k == key {
-                return Some((m.clone(), *n));
+                return (m.clone(), *n);
             }
         }
-        let (m, n) = self.by_key.get(&key)?;
-        let found = (m.clone(), *n);
-        self.last = Some((key, m.clone(), *n));
-        Some(found)
-    }
-
-    fn insert(&mut self, key: (&'s str, u8), frame: (Message, usize)) {
-        self.last = Some((key, frame.0.clone(), frame.1));
-        self.by_key.insert(key, frame);
+        match self.by_key.get_mut(&key) {
+            None => {
+                self.by_key.insert(key, None);
+                make()
+            }
+            Some(Some((m, n))) => {
+                let found = (m.clone(), *n);
+                self.last = Some((key, m.clone(), *n));
+                found
+            }
+            Some(slot @ None) => {
+                let (m, n) = make();
+                *slot = Some((m.clone(), n));
+                self.last = Some((key, m.clone(), n));
+                (m, n)
+            }
+        }
     }
 }
 
@@ -238,14 +254,7 @@ impl Sub {
             return;
         }
         let key = (self.sid.json.as_str(), self.form(live));
-        let (msg, size) = match frames.get(key) {
-            Some(f) => f,
-            None => {
-                let f = self.frame(ev, live);
-                frames.insert(key, f.clone());
-                f
-            }
-        };
+        let (msg, size) = frames.get_or_make(key, || self.frame(ev, live));
         if self.outbox.reserve(size) {
             staging.stage(&self.outbox, msg, size);
         }

@@ -25,6 +25,8 @@ use crate::stats::{ratio, round};
 use crate::{ws, Plan, Res};
 
 const ENDPOINT: &str = "bench/fanout";
+/// The same, for subscriptions named differently on every connection.
+const NAMED: &str = "bench/fanoutnamed";
 const SUBSCRIBERS: usize = 1000;
 /// Only there so that a broken system fails the run instead of hanging it.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -69,18 +71,22 @@ struct Subscribers {
 impl Subscribers {
     /// Opens `n` WebSockets to `url`; each sends `subscribe` (if any) and waits for one frame
     /// (the reply) before it counts.
-    async fn open(url: &str, n: usize, subscribe: Option<String>) -> Res<Subscribers> {
+    async fn open(
+        url: &str,
+        n: usize,
+        subscribe: impl Fn(usize) -> Option<String>,
+    ) -> Res<Subscribers> {
         let count = Arc::new(AtomicU64::new(0));
         let (ready_tx, mut ready_rx) = mpsc::channel::<Res<()>>(n);
         let mut tasks = Vec::with_capacity(n);
-        for _ in 0..n {
+        for i in 0..n {
             let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
             let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
                 .await
                 .map_err(|e| format!("WebSocket connect to {url}: {e}"))?;
             let count = count.clone();
             let ready = ready_tx.clone();
-            let subscribe = subscribe.clone();
+            let subscribe = subscribe(i);
             tasks.push(tokio::spawn(async move {
                 if let Some(frame) = subscribe {
                     let r = async {
@@ -180,25 +186,35 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
     )?;
     {
         let mut w = ws::connect(hub.addr).await?;
-        let frame = json!({"endpoint": ENDPOINT, "method": "CREATE", "data": {"id": "d1", "name": "switch", "n": 0}});
-        ws::call_ok(&mut w, &frame).await?;
+        for ep in [ENDPOINT, NAMED] {
+            let frame = json!({"endpoint": ep, "method": "CREATE", "data": {"id": "d1", "name": "switch", "n": 0}});
+            ws::call_ok(&mut w, &frame).await?;
+        }
     }
-    let sub_frame = json!({"type": "subscribe", "requestid": 1, "endpoint": ENDPOINT}).to_string();
-    let hub_subs = Subscribers::open(
-        &format!("ws://{}/ws", hub.addr),
-        SUBSCRIBERS,
-        Some(sub_frame),
-    )
+    let url = format!("ws://{}/ws", hub.addr);
+    // Unnamed subscriptions: each is `s1` on its connection, so all share each event's frame.
+    let hub_subs = Subscribers::open(&url, SUBSCRIBERS, |_| {
+        Some(json!({"type": "subscribe", "requestid": 1, "endpoint": ENDPOINT}).to_string())
+    })
+    .await?;
+    // Named differently on every connection: a frame of its own for each delivery.
+    let named_subs = Subscribers::open(&url, SUBSCRIBERS, |i| {
+        Some(
+            json!({"type": "subscribe", "requestid": 1, "endpoint": NAMED,
+                   "subscription": format!("device-list-{i}")})
+            .to_string(),
+        )
+    })
     .await?;
     // The broadcaster sends a frame of the size of the hub's event frame.
     let sample = sample_event(hub.addr).await?;
     let bc = Broadcaster::start()?;
-    let bc_subs = Subscribers::open(&format!("ws://{}/", bc.addr), SUBSCRIBERS, None).await?;
+    let bc_subs = Subscribers::open(&format!("ws://{}/", bc.addr), SUBSCRIBERS, |_| None).await?;
     let mut bc_pub = ws::connect_url(&format!("ws://{}/", bc.addr)).await?;
     bc_pub.send(Message::text("pub")).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let (mut f, mut b) = (Fig::default(), Fig::default());
+    let (mut f, mut b, mut named) = (Fig::default(), Fig::default(), Fig::default());
     let mut next = 1u64;
     // Round 0 warms up (socket buffers, allocator, the resume window) and is not counted.
     for round in 0..=plan.rounds {
@@ -211,11 +227,19 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
             .collect();
         next += updates as u64;
         let addr = hub.addr;
+        let named_frames: Vec<String> = frames.iter().map(|f| f.replace(ENDPOINT, NAMED)).collect();
         let fr = round_of(
             &hub_subs,
             updates,
             || hub.cpu(),
             || ws::pipeline(addr, frames, 64),
+        )
+        .await?;
+        let nr = round_of(
+            &named_subs,
+            updates,
+            || hub.cpu(),
+            || ws::pipeline(addr, named_frames, 64),
         )
         .await?;
         let stat = format!("/proc/{}/stat", bc.child.id());
@@ -237,9 +261,11 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
         if round > 0 {
             f.add(fr);
             b.add(br);
+            named.add(nr);
         }
     }
     drop(hub_subs);
+    drop(named_subs);
     drop(bc_subs);
     drop(bc);
     // deepstream's clients log in one after the other (minutes for 1,000): a quick run
@@ -254,6 +280,12 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
         "flowhub".into(),
         num(f.per_sec()),
         num(f.cpu_us()),
+        sample.len().to_string(),
+    ]);
+    t.row(vec![
+        "flowhub, every subscription named apart".into(),
+        num(named.per_sec()),
+        num(named.cpu_us()),
         sample.len().to_string(),
     ]);
     t.row(vec![
@@ -295,6 +327,7 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
         "updates_per_round": updates,
         "rounds": plan.rounds,
         "flowhub": f.json(),
+        "flowhub_named_apart": named.json(),
         "baseline": b.json(),
         "peer": match &peer {
             Ok((rate, cpu, line)) => json!({"name": "deepstream 7", "subscribers": ds_subscribers, "per_sec": round(*rate, 1), "cpu_us_per_delivery": cpu, "line": line}),
