@@ -226,3 +226,108 @@ async fn watch_without_a_hub_exits_with_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+/// `flowhub serve` as a child process on `listen`, with its data in `dir`.
+fn serve(dir: &std::path::Path, listen: &str) -> (Child, std::net::SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowhub"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("FLOWHUB_LISTEN", listen)
+        .env("FLOWHUB_DATA_DIR", dir)
+        .env("FLOWHUB_DURABILITY", "always")
+        .env("FLOWHUB_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (child, addr, _log) = common::spawn_serve(&mut cmd);
+    (child, addr)
+}
+
+async fn create_at(addr: std::net::SocketAddr, id: &str) -> Value {
+    let r = common::http(
+        addr,
+        "POST",
+        "/api/restart/restart/thing/",
+        &[("Flow-Request-Method", "CREATE")],
+        json!({"id": id}).to_string().as_bytes(),
+    )
+    .await
+    .json();
+    assert_eq!(r["success"], true, "{r}");
+    r["data"].clone()
+}
+
+/// The hub goes away and comes back on the same address: `flowhub watch` reconnects, resumes
+/// from the last position it printed (positions and the epoch survive the restart) and prints
+/// every change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_across_a_hub_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut hub, addr) = serve(dir.path(), "127.0.0.1:0");
+    // The endpoint exists before the watch starts.
+    let a = create_at(addr, "a").await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhub"))
+        .args(["watch", "restart/thing", "--count", "2"])
+        .env_clear()
+        .env("FLOWHUB_URL", format!("ws://{addr}/ws"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("flowhub watch says {what:?} within 30 s"));
+        assert!(line.contains(what), "{line}");
+    };
+    tokio::task::block_in_place(|| wait_for("watching"));
+    let b = create_at(addr, "b").await;
+    // Give the watch a moment to print b, then take the hub away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.kill().unwrap();
+    hub.wait().unwrap();
+    tokio::task::block_in_place(|| wait_for("reconnecting"));
+    let (mut hub, addr2) = serve(dir.path(), &addr.to_string());
+    assert_eq!(addr, addr2);
+    tokio::task::block_in_place(|| {
+        // Connection attempts fail until the hub is back; then it resumes.
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the watch resumes");
+            if line.contains("watching") {
+                assert!(
+                    line.contains(&format!("from position {}", b["version"])),
+                    "{line}"
+                );
+                break;
+            }
+        }
+    });
+    let c = create_at(addr, "c").await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let _ = hub.kill();
+    let _ = hub.wait();
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["objectid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["b", "c"], "every change once, none missed");
+    assert_eq!(lines[1]["position"], c["version"]);
+    assert!(a["version"].as_u64() < b["version"].as_u64());
+}
