@@ -58,6 +58,15 @@ pub struct Config {
     /// Most objects one LIST reply may hold; a LIST whose page would hold more is refused
     /// with `TOO_LARGE` and must paginate.
     pub max_list_items: usize,
+    /// Recent change events kept so that a client that reconnects gets what it missed.
+    pub resume_window: usize,
+    /// Approximate bytes those events (with the object states they hold) may take.
+    pub resume_window_bytes: usize,
+    /// Bytes of change events one connection may have waiting to be written; a subscriber
+    /// that falls further behind is disconnected with close code 3008.
+    pub max_outbound_bytes: usize,
+    /// Subscriptions one WebSocket connection may hold.
+    pub max_subscriptions: usize,
     /// Fields indexed from the start, per endpoint: `"address/address" = ["city"]`.
     pub index: BTreeMap<String, Vec<String>>,
     /// How long a call routed to a provider may take before the caller gets
@@ -95,6 +104,10 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             auto_index_min: 1000,
             max_list_items: 10_000,
+            resume_window: 100_000,
+            resume_window_bytes: 64 << 20,
+            max_outbound_bytes: 1 << 20,
+            max_subscriptions: 1024,
             index: BTreeMap::new(),
             call_timeout_ms: 10_000,
             call_timeout: BTreeMap::new(),
@@ -194,6 +207,10 @@ impl Config {
                 "AUTH_TIMEOUT_MS" => self.auth.auth_timeout_ms = num(&key, &v)?,
                 "TLS_CERT" => self.tls_cert = Some(PathBuf::from(v)),
                 "TLS_KEY" => self.tls_key = Some(PathBuf::from(v)),
+                "RESUME_WINDOW" => self.resume_window = num(&key, &v)?,
+                "RESUME_WINDOW_BYTES" => self.resume_window_bytes = num(&key, &v)?,
+                "MAX_OUTBOUND_BYTES" => self.max_outbound_bytes = num(&key, &v)?,
+                "MAX_SUBSCRIPTIONS" => self.max_subscriptions = num(&key, &v)?,
                 _ => {}
             }
         }
@@ -229,6 +246,8 @@ impl Config {
             ("max_connections", self.max_connections),
             ("max_calls_in_flight", self.max_calls_in_flight),
             ("outbound_queue", self.outbound_queue),
+            ("max_outbound_bytes", self.max_outbound_bytes),
+            ("max_subscriptions", self.max_subscriptions),
         ];
         for (name, v) in positive {
             if v == 0 {

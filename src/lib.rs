@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
+pub mod fanout;
 pub mod log;
 pub mod protocol;
 pub mod query;

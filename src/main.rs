@@ -28,6 +28,8 @@ enum Command {
     Serve(ServeArgs),
     /// Make one call over the WebSocket and print the reply.
     Call(flowhub::cli::call::CallArgs),
+    /// Print the changes of an endpoint, an object or a live query as JSON lines.
+    Watch(flowhub::cli::watch::WatchArgs),
     /// Repair a damaged log: keep every record before the damage, move the rest aside
     /// (takes the data directory's lock: stop the hub first).
     Repair(flowhub::cli::repair::RepairArgs),
@@ -155,6 +157,10 @@ fn main() -> ExitCode {
         }
         Command::Call(args) => {
             let code = runtime.block_on(flowhub::cli::call::run(args));
+            ExitCode::from(code as u8)
+        }
+        Command::Watch(args) => {
+            let code = runtime.block_on(flowhub::cli::watch::run(args));
             ExitCode::from(code as u8)
         }
         Command::Repair(args) => ExitCode::from(flowhub::cli::repair::run(args) as u8),

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::fanout::{Fanout, FanoutConfig};
 use crate::log::file::{Durability, FileLog};
 use crate::log::recovery::recover;
 use crate::log::snapshot::{self, SnapshottingLog};
@@ -26,6 +27,9 @@ use crate::transport::{self, Hub};
 /// The hub's state, opened and recovered, ready to serve.
 pub struct Opened {
     pub store: Store,
+    /// Names this history of positions: kept in the data directory (`EPOCH`), new for a new
+    /// directory (and at every start of a memory-only hub).
+    pub epoch: String,
     /// Held for the hub's lifetime: a second hub on the same data directory is refused.
     _lock: Option<File>,
     /// The TLS acceptor when `tls_cert` / `tls_key` are set.
@@ -91,11 +95,13 @@ pub fn open(config: &Config) -> Result<Opened, String> {
         tracing::warn!("durability = \"memory\": records are lost when the hub stops");
         return Ok(Opened {
             store: Store::new(store_config(config), Box::new(MemoryOnly), 0),
+            epoch: uuid::Uuid::new_v4().to_string(),
             _lock: None,
             tls,
         });
     };
     let lock = lock_data_dir(&config.data_dir)?;
+    let epoch = epoch(&config.data_dir)?;
     let log_dir = config.data_dir.join("log");
     let snapshot_dir = config.data_dir.join("snapshot");
     let started = std::time::Instant::now();
@@ -171,9 +177,31 @@ pub fn open(config: &Config) -> Result<Opened, String> {
     );
     Ok(Opened {
         store,
+        epoch,
         _lock: Some(lock),
         tls,
     })
+}
+
+/// The data directory's epoch (`EPOCH`, a UUID), made when the directory has none: a wiped
+/// or new directory starts a new history of positions, and subscribers resuming from the
+/// old one are told to reload.
+pub fn epoch(dir: &std::path::Path) -> Result<String, String> {
+    let path = dir.join("EPOCH");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let epoch = uuid::Uuid::new_v4().to_string();
+    let tmp = dir.join("EPOCH.tmp");
+    std::fs::write(&tmp, format!("{epoch}\n"))
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| crate::log::file::sync_dir(dir))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(epoch)
 }
 
 /// Serves `listener` with an opened hub until `shutdown` resolves, then finishes calls in
@@ -185,9 +213,30 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) {
-    let Opened { store, _lock, tls } = opened;
+    let Opened {
+        store,
+        epoch,
+        _lock,
+        tls,
+    } = opened;
+    let fanout_config = FanoutConfig {
+        resume_window: config.resume_window,
+        resume_window_bytes: config.resume_window_bytes,
+        max_outbound_bytes: config.max_outbound_bytes,
+        max_subscriptions: config.max_subscriptions,
+        max_list_items: config.max_list_items,
+    };
+    let fanout = match Fanout::start(&store, fanout_config, epoch) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the fan-out thread");
+            store.close().await;
+            return;
+        }
+    };
     let auth = crate::auth::Auth::start(&config.auth, store.clone(), &config.data_dir).await;
     let hub = Hub {
+        fanout,
         dispatcher: Dispatcher::with_router(
             store.clone(),
             Router::new(Deadlines::from_config(&config)),

@@ -3,7 +3,8 @@
 //! Every vector file runs twice on one hub: once with JSON text frames, once with MessagePack
 //! binary frames, each time in a fresh random namespace (`{{ns}}`). Every reply is also checked
 //! against `protocol/schemas/reply.json`, and every call that a vector expects to succeed
-//! against `protocol/schemas/call.json`. The format and the matching rules are those of
+//! against `protocol/schemas/call.json` (`subscribe` and `unsubscribe` frames against
+//! `protocol/schemas/subscribe.json`). The format and the matching rules are those of
 //! `protocol/vectors/README.md`; a failure names the file, the encoding, the step and the path
 //! of the first mismatch.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -62,6 +63,7 @@ fn load_vectors() -> Vec<VectorFile> {
 struct Schemas {
     reply: jsonschema::Validator,
     call: jsonschema::Validator,
+    subscribe: jsonschema::Validator,
 }
 
 const SCHEMA_BASE: &str = "https://flowhub.example/protocol/v1/";
@@ -86,6 +88,8 @@ impl Schemas {
             "reply.json",
             "condition.json",
             "parameters.json",
+            "subscribe.json",
+            "event.json",
         ];
         let docs: Vec<(String, Value)> = names
             .iter()
@@ -111,6 +115,7 @@ impl Schemas {
         Schemas {
             reply: build("reply.json"),
             call: build("call.json"),
+            subscribe: build("subscribe.json"),
         }
     }
 
@@ -455,7 +460,12 @@ fn check_reply(
     Schemas::check(&schemas.reply, "the reply", reply)?;
     if let Outgoing::Frame(f) = &p.out {
         if p.expect.get("success") == Some(&Value::Bool(true)) {
-            Schemas::check(&schemas.call, "a call that succeeded", f)?;
+            match f.get("type").and_then(Value::as_str) {
+                Some("subscribe" | "unsubscribe") => {
+                    Schemas::check(&schemas.subscribe, "a subscription frame that succeeded", f)?
+                }
+                _ => Schemas::check(&schemas.call, "a call that succeeded", f)?,
+            }
         }
     }
     for (name, path) in &p.capture {

@@ -60,6 +60,7 @@ pub fn run(args: LogArgs) -> i32 {
 
 fn op(rec: &LogRecord) -> &'static str {
     match rec.state {
+        _ if rec.published => "PUBLISH",
         None => "DELETE",
         Some(_) if rec.seq == rec.created_seq => "CREATE",
         Some(_) => "UPDATE",

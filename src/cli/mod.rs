@@ -1,6 +1,6 @@
 //! Subcommands besides `serve`, for operators and scripts.
 //!
-//! Client subcommands (`call`) talk to a running hub over its WebSocket. They reach the hub at
+//! Client subcommands (`call`, `watch`) talk to a running hub over its WebSocket. They reach the hub at
 //! `FLOWHUB_URL` (default: the local hub) and authenticate with `FLOWHUB_TOKEN` (or
 //! `FLOWHUB_USER` / `FLOWHUB_PASSWORD` once the hub checks credentials).
 //!
@@ -15,6 +15,7 @@ pub mod backup;
 pub mod call;
 pub mod log;
 pub mod repair;
+pub mod watch;
 
 /// Which data directory a data directory tool works on: the same layers as `flowhub serve`
 /// (configuration file, then `FLOWHUB_DATA_DIR`, then `--data-dir`).

@@ -65,7 +65,7 @@ fn continue_numbering(
         .into_iter()
         .map(|e| ((e.endpoint.clone(), e.namespace.clone(), e.id.clone()), e))
         .collect();
-    for rec in &r.records {
+    for rec in r.records.iter().filter(|r| !r.published) {
         let key = (rec.endpoint.clone(), rec.namespace.clone(), rec.id.clone());
         if rec.state.is_some() {
             state.insert(key, rec.clone());

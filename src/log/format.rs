@@ -8,7 +8,8 @@
 //! seq     u64 LE   the commit sequence number
 //! payload len bytes:
 //!   created_seq u64 LE, endpoint (u16 LE length + UTF-8), namespace (u16 + UTF-8),
-//!   id (u16 + UTF-8), kind u8 (0 tombstone, 1 state), [state: u32 LE length + JSON]
+//!   id (u16 + UTF-8), kind u8 (0 tombstone, 1 state, 2 published without data,
+//!   3 published with data), [state: u32 LE length + JSON]
 //! ```
 //!
 //! The CRC covers the sequence number and the payload, so a torn, flipped or misplaced record
@@ -65,10 +66,11 @@ pub fn encode(rec: &LogRecord, out: &mut Vec<u8>) {
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
     }
+    let kind = u8::from(rec.published) * 2;
     match &rec.state {
-        None => out.push(0),
+        None => out.push(kind),
         Some(state) => {
-            out.push(1);
+            out.push(kind + 1);
             out.extend_from_slice(&(state.len() as u32).to_le_bytes());
             out.extend_from_slice(state);
         }
@@ -143,14 +145,16 @@ fn parse_payload(seq: u64, p: &[u8], share: &dyn Fn(&[u8]) -> Bytes) -> Option<L
                 .to_string(),
         );
     }
-    let state = match take(1)?[0] {
-        0 => None,
-        1 => {
+    let kind = take(1)?[0];
+    let state = match kind {
+        0 | 2 => None,
+        1 | 3 => {
             let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
             Some(share(take(len)?))
         }
         _ => return None,
     };
+    let published = kind >= 2;
     if at != p.len() {
         return None;
     }
@@ -164,6 +168,7 @@ fn parse_payload(seq: u64, p: &[u8], share: &dyn Fn(&[u8]) -> Bytes) -> Option<L
         namespace,
         id,
         state,
+        published,
     })
 }
 
@@ -179,6 +184,7 @@ mod tests {
             namespace: "tenant-ä".into(),
             id: "b93aefc2".into(),
             state: state.map(|s| Bytes::copy_from_slice(s.as_bytes())),
+            published: false,
         }
     }
 
@@ -200,6 +206,14 @@ mod tests {
         };
         assert_eq!((b.seq, b.state), (8, None));
         assert_eq!(n + m, buf.len());
+        let mut p = rec(9, Some("{}"));
+        p.published = true;
+        let mut buf = Vec::new();
+        encode(&p, &mut buf);
+        let Decoded::Record(c, _) = decode(&buf) else {
+            panic!("published record")
+        };
+        assert!(c.published && c.state.is_some());
     }
 
     #[test]

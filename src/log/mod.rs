@@ -52,6 +52,10 @@ pub struct LogRecord {
     pub id: String,
     /// The object's whole new state as JSON; `None` for a delete.
     pub state: Option<Bytes>,
+    /// A change a provider published for an object it keeps itself: it holds a position in
+    /// the commit order (so sequence numbers stay gapless) but never touches the record
+    /// store; a start skips it. `state` is then the published data, if any.
+    pub published: bool,
 }
 
 /// A destination for committed writes.

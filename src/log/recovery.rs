@@ -597,6 +597,7 @@ mod tests {
                 namespace: String::new(),
                 id: format!("o{seq}"),
                 state: Some(Bytes::from(state)),
+                published: false,
             }])
             .unwrap();
         }

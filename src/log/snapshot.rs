@@ -361,6 +361,7 @@ mod tests {
             namespace: String::new(),
             id: format!("o{i}"),
             state: Some(Bytes::from(format!("{{\"id\":\"o{i}\"}}"))),
+            published: false,
         }
     }
 

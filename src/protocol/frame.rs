@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::error::FlowError;
 use super::provider::{self, Answer, Provide};
 use super::request::{Method, Request};
+use super::subscribe::{parse_subscribe, parse_unsubscribe, Subscribe};
 
 /// The two encodings of the wire, one per WebSocket frame kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,16 @@ pub enum Frame {
         requestid: Option<Value>,
         callid: u64,
         answer: Answer,
+    },
+    /// `type: "subscribe"`: follow an object, an endpoint or a live query (SPEC section 11).
+    Subscribe {
+        requestid: Option<Value>,
+        subscribe: Subscribe,
+    },
+    /// `type: "unsubscribe"`: stop a subscription of this connection.
+    Unsubscribe {
+        requestid: Option<Value>,
+        subscription: String,
     },
 }
 
@@ -217,6 +228,20 @@ pub fn parse_frame(value: Value) -> Result<Frame, FlowError> {
                 requestid,
                 callid,
                 answer,
+            });
+        }
+        Some("subscribe") => {
+            let subscribe = parse_subscribe(obj)?;
+            return Ok(Frame::Subscribe {
+                requestid,
+                subscribe,
+            });
+        }
+        Some("unsubscribe") => {
+            let subscription = parse_unsubscribe(obj)?;
+            return Ok(Frame::Unsubscribe {
+                requestid,
+                subscription,
             });
         }
         Some(t) => return Err(FlowError::invalid(format!("unknown frame type {t:?}"))),

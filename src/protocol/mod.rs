@@ -10,6 +10,7 @@ pub mod frame;
 pub mod params;
 pub mod provider;
 pub mod request;
+pub mod subscribe;
 
 pub use envelope::{encode, Data, Encoded, ErrorReply, Framing, Outcome, Success};
 pub use error::{ErrorCode, FlowError};

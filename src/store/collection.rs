@@ -55,6 +55,9 @@ pub struct Collection {
     /// Natural order: by creation sequence number.
     by_seq: BTreeMap<u64, Arc<Record>>,
     indexes: Vec<FieldIndex>,
+    /// The sequence number of the last change applied here: a read under the collection's
+    /// lock reflects exactly the changes up to it (a subscription's snapshot position).
+    pub last_seq: u64,
 }
 
 impl Collection {

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use collection::{Collection, ListResult};
 pub use record::Record;
-pub use sequencer::{Change, WriteOp};
+pub use sequencer::{Change, ChangeKind, WriteOp};
 
 use crate::log::{Log, LogRecord};
 use crate::query::{Fields, Group, ListQuery, Operator, Path};
@@ -78,6 +78,10 @@ pub struct EndpointData {
 pub(crate) struct Shared {
     endpoints: DashMap<String, Arc<EndpointData>>,
     config: StoreConfig,
+    /// The sequence number of the last committed (applied) change.
+    last_seq: std::sync::atomic::AtomicU64,
+    /// Where the sequencer hands each committed batch, in commit order (the fan-out).
+    changes: parking_lot::Mutex<Option<mpsc::Sender<Vec<Change>>>>,
 }
 
 impl Shared {
@@ -109,6 +113,7 @@ impl Shared {
                     namespace: ns.key().clone(),
                     id: r.id.to_string(),
                     state: Some(r.json.clone()),
+                    published: false,
                 }));
             }
         }
@@ -125,6 +130,7 @@ impl Shared {
                 coll.remove(&change.id);
             }
         }
+        coll.last_seq = change.seq;
     }
 
     /// The collection of `endpoint` in `namespace`, created (with the endpoint) if new.
@@ -192,11 +198,17 @@ impl Store {
         let shared = Arc::new(Shared {
             endpoints: DashMap::new(),
             config,
+            last_seq: std::sync::atomic::AtomicU64::new(last_seq),
+            changes: parking_lot::Mutex::new(None),
         });
         // Records come grouped by collection (a snapshot is written collection by collection):
         // keep the last collection at hand instead of looking it up for every record.
         let mut current: Option<(String, String, Arc<RwLock<Collection>>)> = None;
         for rec in records {
+            // A provider's published change holds a position but no state of the store.
+            if rec.published {
+                continue;
+            }
             let coll = match &current {
                 Some((e, n, c)) if *e == rec.endpoint && *n == rec.namespace => c.clone(),
                 _ => {
@@ -206,6 +218,7 @@ impl Store {
                 }
             };
             let mut coll = coll.write();
+            coll.last_seq = rec.seq;
             match rec.state {
                 None => {
                     coll.remove(&rec.id);
@@ -266,6 +279,71 @@ impl Store {
 
     pub fn open(&self, endpoint: &str, namespace: &str, id: &str) -> Option<Arc<Record>> {
         self.shared.open(endpoint, namespace, id)
+    }
+
+    /// The sequence number of the last committed change (0 for a new hub).
+    pub fn last_seq(&self) -> u64 {
+        self.shared
+            .last_seq
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The stream of committed changes: every batch the sequencer commits from now on, in
+    /// commit order, through a channel of [`sequencer::CHANGE_BATCHES`] batches. There is one
+    /// stream; asking again replaces it. It closes when the sequencer stops.
+    pub fn changes(&self) -> mpsc::Receiver<Vec<Change>> {
+        let (tx, rx) = mpsc::channel(sequencer::CHANGE_BATCHES);
+        *self.shared.changes.lock() = Some(tx);
+        rx
+    }
+
+    /// OPEN together with the position it reflects: the sequence number of the last change
+    /// applied to the object's collection when it was read (0: none yet). Every later change
+    /// to that collection has a greater sequence number.
+    pub fn open_at(&self, endpoint: &str, namespace: &str, id: &str) -> (Option<Arc<Record>>, u64) {
+        match self.shared.collection(endpoint, namespace) {
+            Some(c) => {
+                let c = c.read();
+                (c.get(id).cloned(), c.last_seq)
+            }
+            None => (None, 0),
+        }
+    }
+
+    /// LIST together with the position it reflects, as [`Store::open_at`].
+    pub fn list_at(&self, endpoint: &str, namespace: &str, query: &ListQuery) -> (ListResult, u64) {
+        let Some(coll) = self.shared.collection(endpoint, namespace) else {
+            let empty = ListResult {
+                items: Vec::new(),
+                count: 0,
+            };
+            return (empty, 0);
+        };
+        self.auto_index(endpoint, &coll, query);
+        let c = coll.read();
+        (c.list(query), c.last_seq)
+    }
+
+    /// Passes a change a provider made to an object it keeps itself through the sequencer:
+    /// it gets the next position in the commit order, is logged, and reaches subscribers like
+    /// a change of the store, but the record store is not touched. `data` is the object's
+    /// new state (for a DELETE, its last state or nothing). Returns the change's position.
+    pub async fn publish(
+        &self,
+        endpoint: &str,
+        namespace: &str,
+        id: &str,
+        kind: ChangeKind,
+        data: Option<Map<String, Value>>,
+    ) -> Result<u64, StoreError> {
+        let op = WriteOp::Publish {
+            endpoint: endpoint.to_string(),
+            namespace: namespace.to_string(),
+            id: id.to_string(),
+            kind,
+            data: data.unwrap_or_default(),
+        };
+        self.write(op).await.map(|r| r.version)
     }
 
     /// Runs a LIST; an endpoint that exists but has nothing in this namespace lists empty.

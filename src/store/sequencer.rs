@@ -8,6 +8,12 @@
 //! refused is neither applied nor acknowledged.
 //!
 //! The queue is bounded ([`WRITE_QUEUE`]); when it is full, callers wait for room.
+//!
+//! After a batch is applied and answered, its changes go, in commit order, to the change
+//! stream the fan-out reads ([`super::Store::changes`]): a bounded channel of batches. The
+//! fan-out never waits on a subscriber (its per-connection queues are non-blocking), so the
+//! sequencer waits there only if the fan-out task is [`CHANGE_BATCHES`] batches behind on
+//! CPU alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +31,9 @@ use crate::log::{Log, LogRecord};
 pub const WRITE_QUEUE: usize = 4096;
 /// Most writes in one batch (one log append).
 const MAX_BATCH: usize = 1024;
+
+/// Committed batches that may wait for the fan-out before the sequencer waits for it.
+pub const CHANGE_BATCHES: usize = 1024;
 
 /// Fields the hub manages; a caller's values for them are ignored.
 pub const MANAGED: [&str; 4] = ["id", "created", "updated", "version"];
@@ -51,12 +60,43 @@ pub enum WriteOp {
         id: String,
         expected: Option<u64>,
     },
+    /// A change a provider made to an object it keeps itself: it gets a position in the
+    /// commit order and is logged, but the record store is left as it is.
+    Publish {
+        endpoint: String,
+        namespace: String,
+        id: String,
+        kind: ChangeKind,
+        data: Map<String, Value>,
+    },
+}
+
+/// What a committed change did to its object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Create,
+    Update,
+    Delete,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Create => "CREATE",
+            ChangeKind::Update => "UPDATE",
+            ChangeKind::Delete => "DELETE",
+        }
+    }
 }
 
 /// One committed write: what the object was and what it is now.
 #[derive(Debug, Clone)]
 pub struct Change {
     pub seq: u64,
+    pub kind: ChangeKind,
+    /// Published by a provider ([`WriteOp::Publish`]): not applied to the store; `old` is
+    /// unknown (`None`) except for a DELETE, whose published data is in `old`.
+    pub published: bool,
     pub endpoint: String,
     pub namespace: String,
     pub id: Arc<str>,
@@ -114,10 +154,13 @@ fn run(
             let outcome =
                 prepare(&shared, &overlay, &changes, w.op, next_seq, &stamp).map(|change| {
                     next_seq += 1;
-                    overlay
-                        .entry(change.id.clone())
-                        .or_default()
-                        .push(changes.len());
+                    // A published change is no state of the store: later writes skip it.
+                    if !change.published {
+                        overlay
+                            .entry(change.id.clone())
+                            .or_default()
+                            .push(changes.len());
+                    }
                     changes.push(change);
                     changes.len() - 1
                 });
@@ -136,7 +179,12 @@ fn run(
                     endpoint: c.endpoint.clone(),
                     namespace: c.namespace.clone(),
                     id: c.id.to_string(),
-                    state: c.new.as_ref().map(|r| r.json.clone()),
+                    state: if c.published {
+                        c.new.as_ref().or(c.old.as_ref()).map(|r| r.json.clone())
+                    } else {
+                        c.new.as_ref().map(|r| r.json.clone())
+                    },
+                    published: c.published,
                 })
                 .collect()
         } else {
@@ -149,8 +197,13 @@ fn run(
         };
         match logged {
             Ok(()) => {
-                for c in &changes {
+                for c in changes.iter().filter(|c| !c.published) {
                     shared.apply(c);
+                }
+                if let Some(last) = changes.last() {
+                    shared
+                        .last_seq
+                        .store(last.seq, std::sync::atomic::Ordering::Release);
                 }
                 for (reply, outcome) in replies {
                     // A delete answers with the object's last version.
@@ -162,6 +215,13 @@ fn run(
                             .ok_or_else(|| StoreError::NotFound(c.id.to_string()))
                     });
                     let _ = reply.send(result);
+                }
+                if !changes.is_empty() {
+                    // Cloned out so that the lock is not held while the channel is full.
+                    let stream = shared.changes.lock().clone();
+                    if let Some(tx) = stream {
+                        let _ = tx.blocking_send(std::mem::take(&mut changes));
+                    }
                 }
                 // Between batches the state is exactly the log up to `next_seq - 1`: the cut.
                 if log.wants_snapshot(false) {
@@ -183,6 +243,8 @@ fn run(
     if log.wants_snapshot(true) {
         log.snapshot(next_seq - 1, shared.entries(), true);
     }
+    // The change stream ends with the writes: the fan-out task sees it closed and stops.
+    shared.changes.lock().take();
 }
 
 /// The object's state as of this point in the batch.
@@ -241,6 +303,8 @@ fn prepare(
             let record = Arc::new(Record::new(id.clone(), seq, seq, fields));
             Ok(Change {
                 seq,
+                kind: ChangeKind::Create,
+                published: false,
                 endpoint,
                 namespace,
                 id,
@@ -268,6 +332,8 @@ fn prepare(
             let record = Arc::new(Record::new(old.id.clone(), old.created_seq, seq, fields));
             Ok(Change {
                 seq,
+                kind: ChangeKind::Update,
+                published: false,
                 endpoint,
                 namespace,
                 id: old.id.clone(),
@@ -286,11 +352,37 @@ fn prepare(
             check_version(&old, expected)?;
             Ok(Change {
                 seq,
+                kind: ChangeKind::Delete,
+                published: false,
                 endpoint,
                 namespace,
                 id: old.id.clone(),
                 old: Some(old),
                 new: None,
+            })
+        }
+        WriteOp::Publish {
+            endpoint,
+            namespace,
+            id,
+            kind,
+            data,
+        } => {
+            let id: Arc<str> = id.into();
+            let record = Some(Arc::new(Record::new(id.clone(), seq, seq, data)));
+            let (old, new) = match kind {
+                ChangeKind::Delete => (record, None),
+                _ => (None, record),
+            };
+            Ok(Change {
+                seq,
+                kind,
+                published: true,
+                endpoint,
+                namespace,
+                id,
+                old,
+                new,
             })
         }
     }

@@ -38,6 +38,8 @@ use crate::dispatch::Dispatcher;
 #[derive(Clone)]
 pub struct Hub {
     pub dispatcher: Dispatcher,
+    /// Subscriptions and the delivery of committed changes to them.
+    pub fanout: crate::fanout::Fanout,
     pub config: Arc<Config>,
     /// Cancelled when the hub begins to shut down: sessions stop taking new calls.
     pub shutdown: CancellationToken,

@@ -13,11 +13,16 @@
 //! stops when the writer's queue closes, and the writer drains what is queued, ends with the
 //! close frame and is aborted if that takes longer than the shutdown grace.
 //!
+//! Subscriptions (`subscribe`, `unsubscribe`) are handled by the connection's
+//! [`crate::fanout::Connection`]; their replies and events come through a second queue, the
+//! fan-out's outbox, bounded in bytes (`max_outbound_bytes`), which the writer drains next
+//! to the replies' queue. A connection whose outbox passes the bound is closed with 3008.
+//!
 //! Close codes: 1000 when the client closes, 1001 when the hub shuts down, 1009 for a message
 //! over four times `max_frame_bytes`, 1007 for a text frame that is not UTF-8, 1002 for another
-//! WebSocket protocol error, 4001 for a socket that did not authenticate within
-//! `auth.auth_timeout_ms` or whose login token expired or was revoked (SPEC 13.2). Messages
-//! over `max_frame_bytes` (but under the hard limit) get a
+//! WebSocket protocol error, 3008 for a subscriber that fell behind, 4001 for a socket that
+//! did not authenticate within `auth.auth_timeout_ms` or whose login token expired or was
+//! revoked (SPEC 13.2). Messages over `max_frame_bytes` (but under the hard limit) get a
 //! `TOO_LARGE` reply and the socket stays.
 
 use std::sync::Arc;
@@ -42,6 +47,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::Hub;
 use crate::auth::{Credentials, Session};
 use crate::dispatch::{log_error, ReplySink};
+use crate::fanout::{Connection, Outgoing, SLOW_CLOSE_CODE};
 use crate::protocol::frame::{decode, decode_text, parse_frame, requestid_of};
 use crate::protocol::{encode, Caller, Encoding, FlowError, Frame, Framing, Outcome, Success};
 use crate::router::{Link, Outbox, Queued};
@@ -126,6 +132,10 @@ struct Peer {
     creds: Credentials,
 }
 
+/// How long a slow subscriber's socket is kept (with nothing queued for it any more) for its
+/// 3008 close frame to get through what the socket buffers still hold.
+const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// Answers the upgrade request and starts the session once hyper hands the socket over.
 ///
 /// `conn` is the listener's permit for this connection: the session keeps it, so an upgraded
@@ -200,7 +210,9 @@ where
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
     let (sink, mut stream) = ws.split();
     let (out_tx, out_rx) = mpsc::channel::<Message>(hub.config.outbound_queue);
-    let mut writer = tokio::spawn(write_loop(sink, out_rx));
+    let (subscriptions, events) = hub.fanout.connect();
+    let subscriptions = Arc::new(subscriptions);
+    let mut writer = tokio::spawn(write_loop(sink, out_rx, events));
 
     let in_flight = Arc::new(Semaphore::new(hub.config.max_calls_in_flight));
     let connection = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -216,7 +228,15 @@ where
             peer,
         },
     };
-    let close = read_loop(&mut stream, &hub, &out_tx, &in_flight, &peer).await;
+    let close = read_loop(
+        &mut stream,
+        &hub,
+        &out_tx,
+        &in_flight,
+        &peer,
+        &subscriptions,
+    )
+    .await;
     // The client's routed calls stop waiting; as a provider it serves nothing any more, and
     // the calls it was answering fail (or move on) at once.
     let router = hub.dispatcher.router();
@@ -256,6 +276,7 @@ async fn read_loop<S>(
     out_tx: &mpsc::Sender<Message>,
     in_flight: &Arc<Semaphore>,
     peer: &Peer,
+    subscriptions: &Arc<Connection>,
 ) -> CloseFrame
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -413,6 +434,37 @@ where
                     .map_err(|e| log_error(e, None, &endpoint));
                 reply_later(tx, outcome, requestid, encoding, permit);
             }
+            Ok(Frame::Subscribe {
+                requestid,
+                subscribe,
+            }) => {
+                let subs = subscriptions.clone();
+                // Subscribing needs the right to, like a call needs the right to call.
+                let allowed = may_subscribe(hub, peer, &subscribe);
+                tokio::spawn(async move {
+                    let endpoint = subscribe.endpoint.clone();
+                    let subscribed = allowed
+                        .and_then(|()| subs.subscribe(subscribe, requestid.as_ref(), encoding));
+                    if let Err(e) = subscribed {
+                        let outcome = Err(log_error(e, None, &endpoint));
+                        send(&tx, &outcome, requestid.as_ref(), encoding).await;
+                    }
+                    drop(permit);
+                });
+            }
+            Ok(Frame::Unsubscribe {
+                requestid,
+                subscription,
+            }) => match subscriptions.unsubscribe(&subscription, requestid.as_ref(), encoding) {
+                Ok(()) => drop(permit),
+                Err(e) => reply_later(
+                    tx,
+                    Err(log_error(e, None, "-")),
+                    requestid,
+                    encoding,
+                    permit,
+                ),
+            },
             Err(e) => reply_later(
                 tx,
                 Err(log_error(e, None, "-")),
@@ -435,41 +487,87 @@ fn may_provide(
     auth.may_provide(&who, &provide.endpoint)
 }
 
-/// Drains the outbound queue into the socket, batching what is ready into one flush. Stops
-/// after the close frame, when the queue closes, or when the socket fails; the queue is
-/// closed before the socket is, so the reader and pending replies see at once that the
-/// writer is gone.
+/// Whether this session may subscribe: by the frame's own token or the login, its roles must
+/// grant `subscribe` on the endpoint in the namespace (SPEC 13).
+fn may_subscribe(
+    hub: &Hub,
+    peer: &Peer,
+    subscribe: &crate::protocol::subscribe::Subscribe,
+) -> Result<(), FlowError> {
+    let auth = hub.dispatcher.auth();
+    let who = auth.frame_identity(&peer.creds, subscribe.token.as_deref())?;
+    auth.may_subscribe(&who, &subscribe.endpoint, &subscribe.namespace)
+}
+
+/// Drains the outbound queue and the fan-out's events into the socket, batching what is
+/// ready into one flush (replies first when both are ready). Stops after the close frame,
+/// when the queue closes, or when the socket fails; the queue is closed before the socket
+/// is, so the reader and pending replies see at once that the writer is gone. A subscriber
+/// that fell behind (its events passed `max_outbound_bytes`) has its queued events dropped
+/// and gets close code 3008, if the socket takes it within [`SLOW_CLOSE_WAIT`].
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut out_rx: mpsc::Receiver<Message>,
+    mut events: Outgoing,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    'outer: while let Some(msg) = out_rx.recv().await {
-        let mut closing = matches!(msg, Message::Close(_));
-        if sink.feed(msg).await.is_err() {
-            break;
-        }
-        // Drain what is queued; then let the tasks woken alongside this one queue theirs
-        // (replies finishing in the same tick) and drain again, so that one write carries
-        // many frames: a flush per frame costs a system call per reply.
-        for round in 0..2 {
-            if round == 1 {
-                tokio::task::yield_now().await;
+    let slow = events.slow();
+    let run = async {
+        'outer: loop {
+            let msg = tokio::select! {
+                biased;
+                m = out_rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                e = events.recv() => e,
+            };
+            let mut closing = matches!(msg, Message::Close(_));
+            if sink.feed(msg).await.is_err() {
+                break;
             }
-            while !closing {
-                let Ok(more) = out_rx.try_recv() else { break };
-                closing = matches!(more, Message::Close(_));
-                if sink.feed(more).await.is_err() {
-                    break 'outer;
+            // Drain what is queued; then let the tasks woken alongside this one queue theirs
+            // (replies finishing in the same tick) and drain again, so that one write carries
+            // many frames: a flush per frame costs a system call per reply.
+            for round in 0..2 {
+                if round == 1 && !closing {
+                    tokio::task::yield_now().await;
+                }
+                while !closing {
+                    let more = match out_rx.try_recv() {
+                        Ok(m) => m,
+                        Err(_) => match events.try_recv() {
+                            Some(m) => m,
+                            None => break,
+                        },
+                    };
+                    closing = matches!(more, Message::Close(_));
+                    if sink.feed(more).await.is_err() {
+                        break 'outer;
+                    }
                 }
             }
+            if sink.flush().await.is_err() || closing {
+                break;
+            }
         }
-        if sink.flush().await.is_err() || closing {
-            break;
-        }
-    }
+    };
+    let slow_consumer = tokio::select! {
+        biased;
+        _ = slow.cancelled() => true,
+        _ = run => false,
+    };
     drop(out_rx);
+    if slow_consumer {
+        events.discard();
+        let frame = close_frame(
+            CloseCode::from(SLOW_CLOSE_CODE),
+            "slow consumer: outbound queue over max_outbound_bytes",
+        );
+        let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, sink.send(Message::Close(Some(frame)))).await;
+        return;
+    }
     // Sends the close frame (or the reply to the client's) if it is still pending.
     let _ = sink.close().await;
 }

@@ -11,6 +11,7 @@
 mod data;
 mod deepstream;
 mod durable;
+mod fanout;
 mod hub;
 mod list;
 mod nats;
@@ -33,7 +34,7 @@ use serde_json::{json, Value};
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Every scenario, in the order a full run takes them.
-const SCENARIOS: [&str; 4] = ["durable-update", "rpc", "restart", "list"];
+const SCENARIOS: [&str; 5] = ["durable-update", "rpc", "fanout", "restart", "list"];
 
 /// How long and how large each scenario is.
 #[derive(Debug, Clone)]
@@ -83,7 +84,7 @@ const USAGE: &str = "usage: flowhub-bench [--quick] [--json FILE] [--scenario NA
   --quick          small data and short windows (CI, a first look)
   --json FILE      also write every figure as JSON, one object per scenario
   --scenario NAME  run only this scenario (repeatable, or comma-separated):
-                   durable-update, rpc, restart, list
+                   durable-update, rpc, fanout, restart, list
 environment: FLOWHUB_BIN  the flowhub binary to run (default: build target/release/flowhub)";
 
 fn parse_args() -> Result<Args, String> {
@@ -128,6 +129,10 @@ fn main() -> ExitCode {
     // The rpc scenario's baseline runs as a process of its own: this binary, re-executed.
     if std::env::args().nth(1).as_deref() == Some(relay::FLAG) {
         return relay::serve_main();
+    }
+    // The fan-out scenario's bare broadcaster is this program started again.
+    if std::env::args().nth(1).as_deref() == Some("--broadcaster") {
+        return fanout::broadcaster_main();
     }
     let args = match parse_args() {
         Ok(a) => a,
@@ -195,6 +200,7 @@ async fn run(args: Args) -> Res<()> {
                 value
             }
             "list" => list::run(&plan, &bin, loaded.take()).await?,
+            "fanout" => fanout::run(&plan, &bin).await?,
             _ => continue,
         };
         println!("({name}: {:.1} s)", t.elapsed().as_secs_f64());

@@ -30,6 +30,15 @@ pub async fn connect(addr: SocketAddr) -> Res<Ws> {
     Ok(ws)
 }
 
+/// Opens a WebSocket to any URL, configured like [`connect`].
+pub async fn connect_url(url: &str) -> Res<Ws> {
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .map_err(|e| format!("WebSocket connect to {url}: {e}"))?;
+    Ok(ws)
+}
+
 /// The next text or binary frame's payload; an error when the hub closed the socket.
 pub async fn recv(ws: &mut Ws) -> Res<String> {
     loop {

@@ -1,0 +1,398 @@
+//! One connection's subscriptions: `subscribe` and `unsubscribe`, snapshots and resume.
+//!
+//! A subscribe never races with changes. It runs in this order:
+//! 1. the subscription is registered with its gate *pending*: from here on every matching
+//!    change the fan-out task handles is framed and held in the subscription;
+//! 2. its start is read: a snapshot under the collection's read lock, which gives the
+//!    position of the last change applied to the collection (every later change to it has a
+//!    greater position); or the resume window's events after `from`, and the window's head;
+//!    or, for a plain subscribe, the window's head;
+//! 3. under the subscription's lock: the reply (with the snapshot) and the missed events are
+//!    queued, then the held frames whose position is past the start, and the gate opens at
+//!    that position, so the fan-out task delivers directly from then on.
+//!
+//! A change the snapshot holds was applied before step 2 and so has a position at most the
+//! snapshot's: it is dropped at the gate. A change it does not hold is applied after step 2,
+//! so after step 1, and reaches the subscription held or live: no change is lost or doubled.
+//!
+//! The reply and the events share the connection's [`Outbox`], so the reply (and its
+//! snapshot) always comes before the subscription's first event.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::{event, Fanout, Outbox, Sub, PENDING};
+use crate::protocol::subscribe::{Subscribe, Target};
+use crate::protocol::{Encoding, ErrorCode, FlowError};
+use crate::query::{ListQuery, Page};
+use crate::store::Record;
+
+/// The subscriptions of one WebSocket connection; dropping it ends them all.
+pub struct Connection {
+    fanout: Fanout,
+    outbox: Arc<Outbox>,
+    subs: Mutex<HashMap<String, Arc<Sub>>>,
+    /// For ids the hub picks (`s1`, `s2`, ...).
+    next_id: AtomicU64,
+}
+
+/// What a subscribe reply's `data` holds.
+enum Snapshot {
+    None,
+    Object(Option<Arc<Record>>),
+    List(Vec<Arc<Record>>, u64),
+}
+
+/// The fields of a subscription reply.
+struct Reply<'a> {
+    requestid: Option<&'a Value>,
+    subscription: &'a str,
+    epoch: Option<&'a str>,
+    position: Option<u64>,
+    recovered: Option<bool>,
+    snapshot: Snapshot,
+}
+
+impl Connection {
+    pub(super) fn new(fanout: Fanout, outbox: Arc<Outbox>) -> Connection {
+        Connection {
+            fanout,
+            outbox,
+            subs: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Registers a subscription and queues its reply (and snapshot, and missed events) on the
+    /// connection's outbox. An error is for the caller to send as an error reply.
+    pub fn subscribe(
+        &self,
+        req: Subscribe,
+        requestid: Option<&Value>,
+        encoding: Encoding,
+    ) -> Result<(), FlowError> {
+        // Authorization: the token is accepted and not checked yet, as for calls; the auth
+        // engine checks a subscription like a LIST (endpoint, or query) or an OPEN (object).
+        let inner = &self.fanout.inner;
+        let sub = {
+            let mut subs = self.subs.lock();
+            if subs.len() >= inner.config.max_subscriptions {
+                return Err(FlowError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "this connection already holds {} subscriptions (max_subscriptions)",
+                        subs.len()
+                    ),
+                ));
+            }
+            let id = match req.subscription.clone() {
+                Some(id) if subs.contains_key(&id) => {
+                    return Err(FlowError::invalid(format!(
+                        "subscription {id:?} already exists on this connection"
+                    )))
+                }
+                Some(id) => id,
+                None => loop {
+                    let id = format!("s{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+                    if !subs.contains_key(&id) {
+                        break id;
+                    }
+                },
+            };
+            let sub = Arc::new(Sub {
+                sid: event::Sid::new(&id),
+                id: id.clone(),
+                endpoint: req.endpoint.clone(),
+                namespace: req.namespace.clone(),
+                target: req.target.clone(),
+                encoding,
+                patch: req.patch,
+                outbox: self.outbox.clone(),
+                gate: AtomicU64::new(PENDING),
+                held: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            });
+            subs.insert(id, sub.clone());
+            sub
+        };
+        // 1. Registered, gate pending.
+        self.fanout.register(&sub);
+        match self.start(&sub, &req, requestid) {
+            Ok((position, first)) => {
+                // 3. Reply, missed events, held events past the start; then live.
+                sub.open(position, first);
+                Ok(())
+            }
+            Err(e) => {
+                self.remove(&sub.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// 2. The subscription's start: its position and the frames that go out first.
+    fn start(
+        &self,
+        sub: &Arc<Sub>,
+        req: &Subscribe,
+        requestid: Option<&Value>,
+    ) -> Result<(u64, Vec<(Message, usize)>), FlowError> {
+        let inner = &self.fanout.inner;
+        let store = &self.fanout.store;
+        let mut frames = Vec::new();
+        let mut recovered = None;
+        let mut position = None;
+        if let Some(from) = req.from {
+            let same_history = req.epoch.as_deref().is_none_or(|e| e == inner.epoch);
+            let missed = if same_history && from <= store.last_seq() {
+                let w = inner.window.read();
+                w.since(from).map(|events| (events, w.head()))
+            } else {
+                None
+            };
+            if let Some((events, head)) = missed {
+                let mut total = 0;
+                for ev in events {
+                    if ev.endpoint == sub.endpoint && ev.namespace == sub.namespace {
+                        if let Some(live) = sub.sees(&ev, None) {
+                            let (msg, size) = sub.frame(&ev, live);
+                            total += size;
+                            frames.push((msg, size));
+                        }
+                    }
+                }
+                // The missed events count against the connection's queue like live ones;
+                // more than it may hold is more than a resume can deliver: reload instead.
+                if self.outbox.reserve_all(total) {
+                    position = Some(from.max(head));
+                } else {
+                    frames.clear();
+                }
+            }
+            recovered = Some(position.is_some());
+        }
+        let mut snapshot = Snapshot::None;
+        if position.is_none() && req.snapshot {
+            let max = inner.config.max_list_items;
+            let (snap, at) = match &sub.target {
+                Target::Object(id) => {
+                    let (r, at) = store.open_at(&sub.endpoint, &sub.namespace, id);
+                    (Snapshot::Object(r), at)
+                }
+                target => {
+                    let query = ListQuery {
+                        condition: match target {
+                            Target::Query(g) => Some(g.clone()),
+                            _ => None,
+                        },
+                        sort: Vec::new(),
+                        page: Page {
+                            from: 0,
+                            size: Some(max + 1),
+                        },
+                    };
+                    let (result, at) = store.list_at(&sub.endpoint, &sub.namespace, &query);
+                    if result.items.len() > max {
+                        return Err(FlowError::too_large(format!(
+                            "the snapshot would hold more than {max} objects ({} match); subscribe without a snapshot and LIST with pagination",
+                            result.count
+                        )));
+                    }
+                    (Snapshot::List(result.items, result.count), at)
+                }
+            };
+            snapshot = snap;
+            position = Some(at);
+        }
+        let position = position.unwrap_or_else(|| inner.window.read().head());
+        let reply = encode_reply(
+            &Reply {
+                requestid,
+                subscription: &sub.id,
+                epoch: Some(&inner.epoch),
+                position: Some(position),
+                recovered,
+                snapshot,
+            },
+            sub.encoding,
+        );
+        frames.insert(0, (reply, 0));
+        Ok((position, frames))
+    }
+
+    /// Ends a subscription of this connection and queues the reply after its events.
+    pub fn unsubscribe(
+        &self,
+        id: &str,
+        requestid: Option<&Value>,
+        encoding: Encoding,
+    ) -> Result<(), FlowError> {
+        if !self.remove(id) {
+            return Err(FlowError::not_found(format!(
+                "no subscription {id:?} on this connection"
+            )));
+        }
+        let reply = encode_reply(
+            &Reply {
+                requestid,
+                subscription: id,
+                epoch: None,
+                position: None,
+                recovered: None,
+                snapshot: Snapshot::None,
+            },
+            encoding,
+        );
+        self.outbox.send(reply, 0);
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) -> bool {
+        let sub = self.subs.lock().remove(id);
+        match sub {
+            Some(sub) => {
+                self.fanout.unregister(&sub);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The subscriptions this connection holds.
+    pub fn len(&self) -> usize {
+        self.subs.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let subs: Vec<Arc<Sub>> = self.subs.lock().drain().map(|(_, s)| s).collect();
+        for sub in subs {
+            self.fanout.unregister(&sub);
+        }
+    }
+}
+
+fn encode_reply(r: &Reply<'_>, encoding: Encoding) -> Message {
+    match encoding {
+        Encoding::Json => {
+            let mut out = Vec::with_capacity(256);
+            out.extend_from_slice(b"{\"type\":\"reply\"");
+            if let Some(rid) = r.requestid {
+                out.extend_from_slice(b",\"requestid\":");
+                let _ = serde_json::to_writer(&mut out, rid);
+            }
+            out.extend_from_slice(b",\"status\":0,\"success\":true,\"subscription\":");
+            let _ = serde_json::to_writer(&mut out, r.subscription);
+            if let Some(e) = r.epoch {
+                out.extend_from_slice(b",\"epoch\":");
+                let _ = serde_json::to_writer(&mut out, e);
+            }
+            if let Some(p) = r.position {
+                out.extend_from_slice(format!(",\"position\":{p}").as_bytes());
+            }
+            if let Some(rec) = r.recovered {
+                out.extend_from_slice(format!(",\"recovered\":{rec}").as_bytes());
+            }
+            match &r.snapshot {
+                Snapshot::None => {}
+                Snapshot::Object(o) => {
+                    out.extend_from_slice(b",\"data\":");
+                    match o {
+                        Some(rec) => out.extend_from_slice(&rec.json),
+                        None => out.extend_from_slice(b"null"),
+                    }
+                }
+                Snapshot::List(items, count) => {
+                    out.extend_from_slice(b",\"data\":[");
+                    for (i, rec) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(&rec.json);
+                    }
+                    out.extend_from_slice(format!("],\"count\":{count}").as_bytes());
+                }
+            }
+            out.extend_from_slice(b",\"dataType\":\"JSON\"}");
+            // Built from valid UTF-8 pieces only (serde_json output and stored JSON text).
+            match String::from_utf8(out) {
+                Ok(s) => Message::Text(Utf8Bytes::from(s)),
+                Err(_) => Message::text("{\"type\":\"reply\",\"status\":0,\"success\":false}"),
+            }
+        }
+        Encoding::MsgPack => {
+            let mut n = 5; // type, status, success, subscription, dataType
+            n += u32::from(r.requestid.is_some())
+                + u32::from(r.epoch.is_some())
+                + u32::from(r.position.is_some())
+                + u32::from(r.recovered.is_some());
+            n += match r.snapshot {
+                Snapshot::None => 0,
+                Snapshot::Object(_) => 1,
+                Snapshot::List(..) => 2,
+            };
+            let mut out = Vec::with_capacity(256);
+            let w = &mut out;
+            let _ = rmp::encode::write_map_len(w, n);
+            let _ = rmp::encode::write_str(w, "type");
+            let _ = rmp::encode::write_str(w, "reply");
+            if let Some(rid) = r.requestid {
+                let _ = rmp::encode::write_str(w, "requestid");
+                let _ = rmp_serde::encode::write_named(w, rid);
+            }
+            let _ = rmp::encode::write_str(w, "status");
+            let _ = rmp::encode::write_uint(w, 0);
+            let _ = rmp::encode::write_str(w, "success");
+            let _ = rmp::encode::write_bool(w, true);
+            let _ = rmp::encode::write_str(w, "subscription");
+            let _ = rmp::encode::write_str(w, r.subscription);
+            if let Some(e) = r.epoch {
+                let _ = rmp::encode::write_str(w, "epoch");
+                let _ = rmp::encode::write_str(w, e);
+            }
+            if let Some(p) = r.position {
+                let _ = rmp::encode::write_str(w, "position");
+                let _ = rmp::encode::write_uint(w, p);
+            }
+            if let Some(rec) = r.recovered {
+                let _ = rmp::encode::write_str(w, "recovered");
+                let _ = rmp::encode::write_bool(w, rec);
+            }
+            match &r.snapshot {
+                Snapshot::None => {}
+                Snapshot::Object(o) => {
+                    let _ = rmp::encode::write_str(w, "data");
+                    match o {
+                        Some(rec) => w.extend_from_slice(&rec.msgpack()),
+                        None => {
+                            let _ = rmp::encode::write_nil(w);
+                        }
+                    }
+                }
+                Snapshot::List(items, count) => {
+                    let _ = rmp::encode::write_str(w, "data");
+                    let _ = rmp::encode::write_array_len(w, items.len() as u32);
+                    for rec in items {
+                        w.extend_from_slice(&rec.msgpack());
+                    }
+                    let _ = rmp::encode::write_str(w, "count");
+                    let _ = rmp::encode::write_uint(w, *count);
+                }
+            }
+            let _ = rmp::encode::write_str(w, "dataType");
+            let _ = rmp::encode::write_str(w, "JSON");
+            Message::Binary(Bytes::from(out))
+        }
+    }
+}
