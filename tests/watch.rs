@@ -20,11 +20,16 @@ struct Watch {
 }
 
 fn watch(hub: &TestHub, args: &[&str]) -> Watch {
+    watch_as(hub, args, &[])
+}
+
+fn watch_as(hub: &TestHub, args: &[&str], env: &[(&str, &str)]) -> Watch {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowhub"))
         .arg("watch")
         .args(args)
         .env_clear()
         .env("FLOWHUB_URL", hub.ws_url())
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -330,4 +335,42 @@ async fn watch_resumes_across_a_hub_restart() {
     assert_eq!(ids, ["b", "c"], "every change once, none missed");
     assert_eq!(lines[1]["position"], c["version"]);
     assert!(a["version"].as_u64() < b["version"].as_u64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_logs_in_with_user_and_password_when_authentication_is_on() {
+    let mut config = Config {
+        durability: "never".into(),
+        ..Config::default()
+    };
+    config.auth.admin_password = Some(flowhub::auth::Secret("watch-admin-pw".into()));
+    config.auth.argon2_memory_kib = 1024;
+    config.auth.argon2_iterations = 1;
+    let hub = TestHub::start_secure(config).await;
+    // Without credentials the subscription is refused (exit status 1).
+    let refused = watch(&hub, &["address/address", "--count", "1"]);
+    let (code, _, err) = refused.finish().await;
+    assert_eq!(code, 1, "{err}");
+    let w = watch_as(
+        &hub,
+        &["address/address", "--count", "1"],
+        &[("FLOWHUB_USER", "admin"), ("FLOWHUB_PASSWORD", "watch-admin-pw")],
+    );
+    w.ready().await;
+    let basic = "Basic YWRtaW46d2F0Y2gtYWRtaW4tcHc="; // admin:watch-admin-pw
+    let r = hub
+        .http(
+            "POST",
+            "/api/address/address/address/",
+            &[("Authorization", basic)],
+            br#"{"id": "a", "city": "Envik"}"#,
+        )
+        .await
+        .json();
+    assert_eq!(r["success"], true, "{r}");
+    let (code, lines, err) = w.finish().await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["kind"], "CREATE");
+    assert_eq!(lines[0]["objectid"], "a");
 }

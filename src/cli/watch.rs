@@ -201,11 +201,10 @@ async fn watch_once(
             Err(e) => return Ok(Stop::Dropped(format!("connection lost: {e}"))),
         };
         match value["type"].as_str() {
-            Some("reply") if value["requestid"] == json!(0) => {
-                if value["success"] != json!(true) {
-                    return Ok(Stop::Refused(value));
-                }
+            Some("reply") if value["requestid"] == json!(0) && value["success"] != json!(true) => {
+                return Ok(Stop::Refused(value));
             }
+            Some("reply") if value["requestid"] == json!(0) => {}
             Some("reply") => {
                 if value["success"] != json!(true) {
                     return Ok(Stop::Refused(value));
