@@ -20,8 +20,9 @@
 //! - RUN with `{"action": "reboot"}` (the device goes `rebooting`, then `up` again a few
 //!   seconds later) or `{"action": "ping"}`.
 //!
-//! Every change is published to the hub (`publish` frames) so that subscribers see it. A hub
-//! that does not take `publish` yet refuses it: the provider says so once and goes on.
+//! Every change is published to the hub (`publish` frames) so that subscribers see it
+//! (`flowhub watch inventory/device`). If the hub refuses a publish, the provider says so once
+//! and goes on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -685,3 +685,61 @@ async fn an_http_caller_that_hangs_up_cancels_its_call() {
     );
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_providers_published_changes_reach_subscribers() {
+    let hub = TestHub::start().await;
+    let mut p = Provider::connect(&hub).await;
+    p.provide_ok("inventory/device", json!({"application": "inventory"}))
+        .await;
+    let mut sub = hub.ws().await;
+    let r = sub
+        .call(json!({"type": "subscribe", "endpoint": "inventory/device", "namespace": "t1"}))
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    let frame = json!({"type": "publish", "endpoint": "inventory/device", "namespace": "t1",
+        "objectid": "dev-1", "kind": "CREATE", "data": {"name": "switch"}});
+    check("provide.json", &frame);
+    let r = p.ws.call(frame).await;
+    assert_eq!(r["success"], true, "{r}");
+    let position = r["data"]["position"].as_u64().unwrap();
+    let event = sub.recv().await.unwrap();
+    assert_eq!(event["type"], "event", "{event}");
+    assert_eq!(event["kind"], "CREATE");
+    assert_eq!(event["objectid"], "dev-1");
+    assert_eq!(event["position"], position);
+    assert_eq!(event["data"]["name"], "switch");
+    // The store is untouched: the object lives with its provider.
+    let r =
+        p.ws.call(json!({"type": "unprovide", "endpoint": "inventory/device"}))
+            .await;
+    assert_eq!(r["success"], true, "{r}");
+    let r = sub
+        .call(
+            json!({"method": "OPEN", "endpoint": "inventory/device", "namespace": "t1",
+            "objectid": "dev-1"}),
+        )
+        .await;
+    assert_eq!(r["errorcode"], "DO_NOT_EXIST", "{r}");
+
+    // Only a provider of the endpoint may publish for it; bad frames are refused.
+    let r = sub
+        .call(
+            json!({"type": "publish", "endpoint": "inventory/device", "objectid": "x",
+            "kind": "DELETE"}),
+        )
+        .await;
+    assert_eq!(r["errorcode"], "FORBIDDEN", "{r}");
+    for bad in [
+        json!({"type": "publish", "endpoint": "inventory/device", "objectid": "x", "kind": "UPDATE"}),
+        json!({"type": "publish", "endpoint": "inventory/device", "objectid": "x", "kind": "MOVE", "data": {}}),
+        json!({"type": "publish", "endpoint": "inventory/device", "kind": "CREATE", "data": {}}),
+        json!({"type": "publish", "endpoint": "inventory/device", "objectid": "a/b", "kind": "CREATE", "data": {}}),
+        json!({"type": "publish", "endpoint": "inventory/device", "objectid": "x", "kind": "CREATE", "data": [1]}),
+    ] {
+        assert!(schema("provide.json").validate(&bad).is_err(), "{bad}");
+        let r = p.ws.call(bad.clone()).await;
+        assert_eq!(r["errorcode"], "INVALID_REQUEST", "{bad}: {r}");
+    }
+    hub.stop().await;
+}

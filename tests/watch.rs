@@ -354,7 +354,10 @@ async fn watch_logs_in_with_user_and_password_when_authentication_is_on() {
     let w = watch_as(
         &hub,
         &["address/address", "--count", "1"],
-        &[("FLOWHUB_USER", "admin"), ("FLOWHUB_PASSWORD", "watch-admin-pw")],
+        &[
+            ("FLOWHUB_USER", "admin"),
+            ("FLOWHUB_PASSWORD", "watch-admin-pw"),
+        ],
     );
     w.ready().await;
     let basic = "Basic YWRtaW46d2F0Y2gtYWRtaW4tcHc="; // admin:watch-admin-pw

@@ -20,13 +20,13 @@ use serde_json::{Map, Value};
 
 use crate::auth::{Action, Auth, Credentials};
 use crate::protocol::params::{expected_version, list_query, normalize};
-use crate::protocol::provider::{ProviderFailure, ProviderResult};
+use crate::protocol::provider::{ProviderFailure, ProviderResult, Publish, PublishKind};
 use crate::protocol::request::validate_objectid;
 use crate::protocol::{
     Caller, Data, Encoded, ErrorCode, ErrorReply, FlowError, Method, Outcome, Request, Success,
 };
 use crate::router::{Deadlines, Route, RoutedRequest, Router, Waiter};
-use crate::store::{Record, Store, StoreError, WriteOp};
+use crate::store::{ChangeKind, Record, Store, StoreError, WriteOp};
 
 pub use registry::{EndpointInfo, Registry};
 
@@ -230,6 +230,49 @@ impl Dispatcher {
             timeout_ms: request.timeout_ms,
         };
         self.router.start(call, Box::new(Finish(sink)));
+    }
+
+    /// A provider's `publish`: the change gets a position in the hub's change sequence (it is
+    /// logged, never applied to the record store) and goes to the subscribers like a store
+    /// change. Only a connection that provides the endpoint may publish for it.
+    pub async fn publish(&self, connection: u64, p: Publish) -> Outcome {
+        let endpoint = p.endpoint.clone();
+        self.publish_checked(connection, p)
+            .await
+            .map_err(|e| log_error(e, None, &endpoint))
+    }
+
+    async fn publish_checked(&self, connection: u64, p: Publish) -> Result<Success, FlowError> {
+        if !self.router.provides(connection, &p.endpoint) {
+            return Err(FlowError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "only a provider of {} may publish its changes: provide it on this connection first",
+                    p.endpoint
+                ),
+            ));
+        }
+        let kind = match p.kind {
+            PublishKind::Create => ChangeKind::Create,
+            PublishKind::Update => ChangeKind::Update,
+            PublishKind::Delete => ChangeKind::Delete,
+        };
+        let position = self
+            .store
+            .publish(&p.endpoint, &p.namespace, &p.objectid, kind, p.data)
+            .await
+            .map_err(|e| match e {
+                e @ StoreError::Unavailable(_) => {
+                    FlowError::new(ErrorCode::Unavailable, e.to_string())
+                }
+                e => FlowError::internal(e.to_string()),
+            })?;
+        Ok(Success::value(serde_json::json!({
+            "endpoint": p.endpoint,
+            "namespace": p.namespace,
+            "objectid": p.objectid,
+            "position": position,
+        })))
     }
 
     /// Runs one call from an anonymous caller (HTTP) to its outcome.

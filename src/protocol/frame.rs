@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::error::FlowError;
-use super::provider::{self, Answer, Provide};
+use super::provider::{self, Answer, Provide, Publish};
 use super::request::{Method, Request};
 use super::subscribe::{parse_subscribe, parse_unsubscribe, Subscribe};
 
@@ -32,6 +32,11 @@ pub enum Frame {
     Provide {
         requestid: Option<Value>,
         provide: Provide,
+    },
+    /// `publish`: a provider announces a change to an object it keeps itself (SPEC 11.7).
+    Publish {
+        requestid: Option<Value>,
+        publish: Publish,
     },
     /// `unprovide`: it no longer does.
     Unprovide {
@@ -191,6 +196,10 @@ pub fn parse_frame(value: Value) -> Result<Frame, FlowError> {
         Some("provide") => {
             let provide = provider::parse_provide(&mut obj)?;
             return Ok(Frame::Provide { requestid, provide });
+        }
+        Some("publish") => {
+            let publish = provider::parse_publish(&mut obj)?;
+            return Ok(Frame::Publish { requestid, publish });
         }
         Some("unprovide") => {
             let endpoint = provider::parse_unprovide(&mut obj)?;

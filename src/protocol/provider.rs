@@ -97,6 +97,83 @@ pub struct Provide {
     pub token: Option<String>,
 }
 
+/// `publish`: a provider announces a change to an object it keeps itself (SPEC 11.7).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub endpoint: String,
+    pub namespace: String,
+    pub objectid: String,
+    pub kind: PublishKind,
+    /// The object's new state (CREATE, UPDATE) or last state (DELETE, optional).
+    pub data: Option<Map<String, Value>>,
+    pub token: Option<String>,
+}
+
+/// What a published change did to its object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishKind {
+    Create,
+    Update,
+    Delete,
+}
+
+pub(super) fn parse_publish(obj: &mut Map<String, Value>) -> Result<Publish, FlowError> {
+    let string = |obj: &mut Map<String, Value>, key: &str| match obj.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(FlowError::invalid(format!("{key} must be a string"))),
+    };
+    let endpoint = string(obj, "endpoint")?
+        .ok_or_else(|| FlowError::invalid("endpoint is missing"))?
+        .trim_matches('/')
+        .to_string();
+    let namespace = string(obj, "namespace")?.unwrap_or_default();
+    let objectid = match obj.remove("objectid") {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return Err(FlowError::invalid("publish needs an objectid"))
+        }
+        Some(_) => return Err(FlowError::invalid("objectid must be a string")),
+    };
+    let kind = match string(obj, "kind")?.as_deref().map(str::trim) {
+        Some(k) if k.eq_ignore_ascii_case("CREATE") => PublishKind::Create,
+        Some(k) if k.eq_ignore_ascii_case("UPDATE") => PublishKind::Update,
+        Some(k) if k.eq_ignore_ascii_case("DELETE") => PublishKind::Delete,
+        Some(k) => {
+            return Err(FlowError::invalid(format!(
+                "unknown kind {k:?}: expected CREATE, UPDATE or DELETE"
+            )))
+        }
+        None => return Err(FlowError::invalid("kind is missing")),
+    };
+    let data = match obj.remove("data") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(o)) => Some(o),
+        Some(_) => return Err(FlowError::invalid("data of publish must be a JSON object")),
+    };
+    if data.is_none() && kind != PublishKind::Delete {
+        return Err(FlowError::invalid(
+            "publish of a CREATE or UPDATE needs data: the object's new state",
+        ));
+    }
+    let token = string(obj, "token")?.filter(|t| !t.is_empty());
+    let publish = Publish {
+        endpoint,
+        namespace,
+        objectid,
+        kind,
+        data,
+        token,
+    };
+    // The same name rules as a call's.
+    let mut check = super::request::Request::new(super::request::Method::Open, &publish.endpoint);
+    check.namespace.clone_from(&publish.namespace);
+    check.objectid = Some(publish.objectid.clone());
+    check.validate()?;
+    Ok(publish)
+}
+
 /// A provider's answer to an invoke.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {

@@ -279,6 +279,14 @@ impl Router {
         })
     }
 
+    /// Whether `connection` provides `endpoint`.
+    pub fn provides(&self, connection: u64, endpoint: &str) -> bool {
+        let endpoints = self.inner.endpoints.read();
+        endpoints
+            .get(endpoint)
+            .is_some_and(|e| e.providers.iter().any(|s| s.link.connection == connection))
+    }
+
     /// Whether some provider serves `method` on `endpoint`. Cheap when nothing is provided.
     pub fn serves(&self, endpoint: &str, method: Method) -> bool {
         if self.inner.provided.load(Ordering::Acquire) == 0 {

@@ -424,6 +424,15 @@ where
                     drop(permit);
                 });
             }
+            Ok(Frame::Publish { requestid, publish }) => {
+                let dispatcher = hub.dispatcher.clone();
+                let connection = peer.link.connection;
+                tokio::spawn(async move {
+                    let outcome = dispatcher.publish(connection, publish).await;
+                    send(&tx, &outcome, requestid.as_ref(), encoding).await;
+                    drop(permit);
+                });
+            }
             Ok(Frame::Unprovide {
                 requestid,
                 endpoint,

@@ -180,9 +180,9 @@ impl Client {
     ///  "kind":"CREATE|UPDATE|DELETE","data":{..}}
     /// ```
     ///
-    /// The hub side of `publish` comes with subscriptions; a hub without it answers
-    /// `INVALID_REQUEST` (`unknown frame type "publish"`), which callers may log and ignore.
-    /// Like a call, a publish in flight when the connection drops fails with
+    /// Only a connection that provides the endpoint may publish for it (the hub answers
+    /// `FORBIDDEN` otherwise); the reply's `data.position` is the change's position in the
+    /// hub's change sequence (protocol SPEC 11.7). Like a call, a publish in flight when the connection drops fails with
     /// [`Error::Disconnected`] and is not resent.
     pub async fn publish(&self, publish: Publish) -> Result<Reply, Error> {
         let wait = publish.timeout.unwrap_or(self.shared().config.call_timeout);
