@@ -661,6 +661,25 @@ async fn a_messagepack_provider_gets_messagepack_invokes() {
     assert_eq!(inv["data"], json!({"x": [1, 2]}));
     p.result(&inv["callid"], json!(3)).await;
     assert_eq!(call.await.unwrap()["data"], 3);
+
+    // A MessagePack caller of a JSON provider gets the provider's data in MessagePack.
+    let mut q = Provider::connect(&hub).await;
+    q.provide_ok("calc/product", json!({})).await;
+    let mut c = hub.ws().await;
+    let call = tokio::spawn(async move {
+        c.call_enc(run("calc/product", json!({})), Enc::MsgPack)
+            .await
+    });
+    let inv = q.next_invoke().await;
+    q.result(
+        &inv["callid"],
+        json!({"n": [1.5, "two", null, {"deep": true}]}),
+    )
+    .await;
+    assert_eq!(
+        call.await.unwrap()["data"],
+        json!({"n": [1.5, "two", null, {"deep": true}]})
+    );
     hub.stop().await;
 }
 

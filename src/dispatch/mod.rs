@@ -20,7 +20,9 @@ use serde_json::{Map, Value};
 
 use crate::auth::{Action, Auth, Credentials};
 use crate::protocol::params::{expected_version, list_query, normalize};
-use crate::protocol::provider::{ProviderFailure, ProviderResult, Publish, PublishKind};
+use crate::protocol::provider::{
+    ProviderFailure, ProviderResult, Publish, PublishKind, ResultData,
+};
 use crate::protocol::request::validate_objectid;
 use crate::protocol::{
     Caller, Data, Encoded, ErrorCode, ErrorReply, FlowError, Method, Outcome, Request, Success,
@@ -105,7 +107,11 @@ impl Waiter for Finish {
 fn routed(result: Result<ProviderResult, FlowError>) -> Result<Success, Fail> {
     match result? {
         ProviderResult::Ok { data, count } => Ok(Success {
-            data: data.map_or(Data::None, Data::Value),
+            data: match data {
+                None => Data::None,
+                Some(ResultData::Value(v)) => Data::Value(v),
+                Some(ResultData::Json(j)) => Data::Json(j),
+            },
             count,
         }),
         ProviderResult::Err(f) => Err(Fail::Provider(f)),

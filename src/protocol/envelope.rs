@@ -26,6 +26,8 @@ pub enum Data {
     None,
     /// A value built for this reply.
     Value(Value),
+    /// JSON text passed through as it came (a provider's result), checked but not parsed.
+    Json(Box<serde_json::value::RawValue>),
     /// One stored value, copied in as encoded.
     Stored(Arc<dyn Encoded>),
     /// A list of stored values, copied in as encoded.
@@ -37,6 +39,7 @@ impl std::fmt::Debug for Data {
         match self {
             Data::None => f.write_str("None"),
             Data::Value(v) => write!(f, "Value({v})"),
+            Data::Json(j) => write!(f, "Json({})", j.get()),
             Data::Stored(_) => f.write_str("Stored(..)"),
             Data::StoredList(l) => write!(f, "StoredList({} items)", l.len()),
         }
@@ -160,6 +163,11 @@ fn encode_json(outcome: &Outcome, framing: Framing<'_>) -> Bytes {
                     let _ = serde_json::to_writer(&mut out, v);
                     out.push(b',');
                 }
+                Data::Json(j) => {
+                    out.extend_from_slice(b"\"data\":");
+                    out.extend_from_slice(j.get().as_bytes());
+                    out.push(b',');
+                }
                 Data::Stored(s) => {
                     out.extend_from_slice(b"\"data\":");
                     out.extend_from_slice(s.json());
@@ -232,6 +240,12 @@ fn encode_msgpack(outcome: &Outcome, framing: Framing<'_>) -> Bytes {
                 Data::Value(v) => {
                     let _ = mp::write_str(&mut out, "data");
                     let _ = rmp_serde::encode::write(&mut out, v);
+                }
+                Data::Json(j) => {
+                    // Checked JSON text: it parses.
+                    let v: Value = serde_json::from_str(j.get()).unwrap_or(Value::Null);
+                    let _ = mp::write_str(&mut out, "data");
+                    let _ = rmp_serde::encode::write(&mut out, &v);
                 }
                 Data::Stored(s) => {
                     let _ = mp::write_str(&mut out, "data");

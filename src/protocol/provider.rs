@@ -186,10 +186,101 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderResult {
     Ok {
-        data: Option<Value>,
+        data: Option<ResultData>,
         count: Option<u64>,
     },
     Err(ProviderFailure),
+}
+
+/// A successful result's data: parsed, or (from a JSON provider) its JSON text as it came,
+/// checked for depth, to be copied into the caller's reply without being parsed.
+#[derive(Debug, Clone)]
+pub enum ResultData {
+    Value(Value),
+    Json(Box<serde_json::value::RawValue>),
+}
+
+impl PartialEq for ResultData {
+    fn eq(&self, other: &ResultData) -> bool {
+        let value = |d: &ResultData| match d {
+            ResultData::Value(v) => v.clone(),
+            ResultData::Json(j) => serde_json::from_str(j.get()).unwrap_or(Value::Null),
+        };
+        value(self) == value(other)
+    }
+}
+
+/// Reads the commonest provider frame, a successful `result` in JSON, without building a
+/// value for it: its `data` stays JSON text. `None` when the frame is anything else (another
+/// type, a failure, a duplicate or mistyped field, data nested too deep): the caller then
+/// reads it the general way, which gives every error its message.
+pub fn parse_result_text(text: &str, max_depth: usize) -> Option<(Option<Value>, u64, Answer)> {
+    #[derive(serde::Deserialize)]
+    struct Fast<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        callid: u64,
+        success: bool,
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+        count: Option<u64>,
+        requestid: Option<Value>,
+    }
+    let f: Fast<'_> = serde_json::from_str(text).ok()?;
+    if f.kind != "result" || !f.success {
+        return None;
+    }
+    if !matches!(
+        f.requestid,
+        None | Some(Value::String(_) | Value::Number(_))
+    ) {
+        return None;
+    }
+    // The frame is level 1; its data may nest max_depth - 1 more.
+    let data = match f.data {
+        Some(raw) if raw.get() != "null" => {
+            if json_depth(raw.get()) >= max_depth {
+                return None;
+            }
+            Some(ResultData::Json(raw.to_owned()))
+        }
+        _ => None,
+    };
+    Some((
+        f.requestid,
+        f.callid,
+        Answer::Result(ProviderResult::Ok {
+            data,
+            count: f.count,
+        }),
+    ))
+}
+
+/// Nesting depth of valid JSON text (scalars 0, `[]` and `{}` 1), by a scan of its brackets
+/// outside strings.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// A provider's own error, passed to the caller unchanged.
@@ -301,7 +392,7 @@ pub(super) fn parse_result(obj: &mut Map<String, Value>) -> Result<Answer, FlowE
         };
         let data = match obj.remove("data") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v),
+            Some(v) => Some(ResultData::Value(v)),
         };
         return Ok(Answer::Result(ProviderResult::Ok { data, count }));
     }
@@ -473,7 +564,7 @@ mod tests {
         assert_eq!(
             a,
             Answer::Result(ProviderResult::Ok {
-                data: Some(json!([1])),
+                data: Some(ResultData::Value(json!([1]))),
                 count: Some(9)
             })
         );
@@ -489,6 +580,33 @@ mod tests {
         }
         assert!(parse_callid(&obj(json!({"callid": -3}))).is_err());
         assert_eq!(parse_callid(&obj(json!({"callid": 12}))).unwrap(), 12);
+    }
+
+    #[test]
+    fn the_fast_result_reader_agrees_with_the_general_one_or_steps_aside() {
+        let text = r#"{"type":"result","callid":7,"success":true,"data":{"a":[1,{"b":"}]\"["}]},"count":2,"requestid":"r"}"#;
+        let (rid, callid, fast) = parse_result_text(text, 32).unwrap();
+        let Ok(crate::protocol::Frame::Answer {
+            requestid, answer, ..
+        }) = crate::protocol::frame::parse_frame(serde_json::from_str(text).unwrap())
+        else {
+            panic!("not an answer")
+        };
+        assert_eq!((rid, callid), (requestid, 7));
+        assert_eq!(fast, answer);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"}]\"["}]}"#), 3);
+        for other in [
+            r#"{"type":"result","callid":7,"success":false,"errorcode":"X"}"#,
+            r#"{"type":"reject","callid":7}"#,
+            r#"{"type":"result","callid":7,"callid":8,"success":true}"#,
+            r#"{"type":"result","callid":-1,"success":true}"#,
+            r#"{"type":"result","callid":7,"success":true,"count":-2}"#,
+            r#"{"type":"result","callid":7,"success":true,"requestid":[1]}"#,
+            r#"{"type":"result","callid":7,"success":true,"data":[[[[1]]]]}"#,
+        ] {
+            let depth = 4;
+            assert!(parse_result_text(other, depth).is_none(), "{other}");
+        }
     }
 
     #[test]

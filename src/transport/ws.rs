@@ -49,6 +49,7 @@ use crate::auth::{Credentials, Session};
 use crate::dispatch::{log_error, ReplySink};
 use crate::fanout::{Connection, Outgoing, SLOW_CLOSE_CODE};
 use crate::protocol::frame::{decode, decode_text, parse_frame, requestid_of};
+use crate::protocol::provider::parse_result_text;
 use crate::protocol::{encode, Caller, Encoding, FlowError, Frame, Framing, Outcome, Success};
 use crate::router::{Link, Outbox, Queued};
 
@@ -301,25 +302,57 @@ where
             &reason,
         )
     };
+    let mut frames: u32 = 0;
     loop {
+        // While frames keep coming, the reader takes them without polling the futures that
+        // end the session (each poll takes a lock): it checks the cheap flags instead, and
+        // polls everything every 64th frame and whenever it would wait.
+        frames = frames.wrapping_add(1);
+        let fast = frames % 64 != 0;
+        if hub.shutdown.is_cancelled() {
+            return away();
+        }
+        if out_tx.is_closed() {
+            return gone();
+        }
         // One permit per frame read: a call holds it until its reply is queued, so a client
         // that sends faster than it reads is stopped here, and TCP pushes back on it.
-        let permit = tokio::select! {
-            biased;
-            _ = &mut shutdown => return away(),
-            _ = &mut writer_gone => return gone(),
-            r = &mut unauthenticated => return unauthenticated_close(r),
-            p = in_flight.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return gone(),
+        let ready = match in_flight.clone().try_acquire_owned() {
+            Ok(p) if fast => Some(p),
+            Ok(p) => {
+                drop(p);
+                None
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => None,
+            Err(tokio::sync::TryAcquireError::Closed) => return gone(),
+        };
+        let permit = match ready {
+            Some(p) => p,
+            None => tokio::select! {
+                biased;
+                _ = &mut shutdown => return away(),
+                _ = &mut writer_gone => return gone(),
+                r = &mut unauthenticated => return unauthenticated_close(r),
+                p = in_flight.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return gone(),
+                },
             },
         };
-        let msg = tokio::select! {
-            biased;
-            _ = &mut shutdown => return away(),
-            _ = &mut writer_gone => return gone(),
-            r = &mut unauthenticated => return unauthenticated_close(r),
-            m = stream.next() => m,
+        let ready = if fast {
+            futures_util::FutureExt::now_or_never(stream.next())
+        } else {
+            None
+        };
+        let msg = match ready {
+            Some(m) => m,
+            None => tokio::select! {
+                biased;
+                _ = &mut shutdown => return away(),
+                _ = &mut writer_gone => return gone(),
+                r = &mut unauthenticated => return unauthenticated_close(r),
+                m = stream.next() => m,
+            },
         };
         let (text, bytes, encoding) = match msg {
             None => return gone(),
@@ -354,6 +387,25 @@ where
                 "-",
             ));
             reply_later(tx, outcome, None, encoding, permit);
+            continue;
+        }
+        // A provider's successful result in JSON is read without building a value: its data
+        // goes on to the caller as the text it is. Anything else takes the general path.
+        if let Some((requestid, callid, answer)) = text
+            .as_ref()
+            .filter(|t| t.as_str().contains("\"result\""))
+            .and_then(|t| parse_result_text(t.as_str(), hub.config.max_depth))
+        {
+            let router = hub.dispatcher.router();
+            if let Err(e) = router.answer(peer.link.connection, callid, answer) {
+                reply_later(
+                    tx,
+                    Err(log_error(e, None, "-")),
+                    requestid,
+                    encoding,
+                    permit,
+                );
+            }
             continue;
         }
         // A text frame is UTF-8 already; the JSON parser need not check it again.
