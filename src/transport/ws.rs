@@ -308,7 +308,7 @@ where
         // end the session (each poll takes a lock): it checks the cheap flags instead, and
         // polls everything every 64th frame and whenever it would wait.
         frames = frames.wrapping_add(1);
-        let fast = frames % 64 != 0;
+        let fast = !frames.is_multiple_of(64);
         if hub.shutdown.is_cancelled() {
             return away();
         }
