@@ -12,6 +12,7 @@ use crate::config::ClientConfig;
 use crate::connection::{self, lock, ConnectionState, Outgoing, Pending, Registration, Shared};
 use crate::error::Error;
 use crate::provider::{Handler, Provide};
+use crate::subscription::{self, Subscribe, Subscription};
 
 /// How much longer than a call's own `timeout` the client waits, so that the hub's
 /// `PROVIDER_TIMEOUT` reply (which names the errorid) arrives before the local deadline.
@@ -189,38 +190,69 @@ impl Client {
         self.request(publish.frame(), wait).await
     }
 
-    /// Sends a frame and waits at most `wait` for its reply.
-    async fn request(&self, frame: Map<String, Value>, wait: Duration) -> Result<Reply, Error> {
-        tokio::time::timeout(wait, self.request_unbounded(frame))
-            .await
-            .unwrap_or(Err(Error::Timeout(wait)))
-    }
-
-    async fn request_unbounded(&self, frame: Map<String, Value>) -> Result<Reply, Error> {
-        let shared = self.shared();
+    /// Follows an object, an endpoint or a live query (protocol SPEC section 12) and waits for
+    /// the hub to accept; the [`Subscription`] then yields every matching change once, in
+    /// commit order.
+    ///
+    /// **Reconnects.** The subscription outlives the connection: after a reconnect the client
+    /// subscribes again with the position of the last event it queued and the hub's epoch, so
+    /// the events missed meanwhile come first, with none lost and none twice (events are
+    /// deduplicated by position). If the hub cannot do that — a hub with a new data directory
+    /// (another epoch), or a gap older than its resume window — the subscription yields
+    /// [`SubscriptionItem::Reset`], with the current state when [`Subscribe::snapshot`] was
+    /// asked: the application must reload. If the hub refuses the subscription on the new
+    /// connection, it yields [`SubscriptionItem::Ended`] and ends.
+    ///
+    /// **Bounds.** At most [`Subscribe::buffer`] events wait for the application. If one more
+    /// comes, the client takes the subscription off the hub (the events from there on are
+    /// not kept), and subscribes again from the last buffered position as soon as the
+    /// application has read the buffer empty: the hub replays what was skipped, so a slow
+    /// reader loses nothing and the client's memory stays bounded (a reader that falls behind
+    /// the hub's resume window gets a `Reset`). The socket is never held up by a slow reader,
+    /// so calls and other subscriptions keep flowing.
+    ///
+    /// Errors: the hub's refusal ([`Error::Hub`], e.g. `INVALID_PARAMETERS` for a bad
+    /// condition, `FORBIDDEN`), [`Error::Timeout`] after the client's `call_timeout`,
+    /// [`Error::Closed`].
+    ///
+    /// ```no_run
+    /// use flowhub_client::{Client, ClientConfig, Subscribe, SubscriptionItem};
+    /// use serde_json::json;
+    ///
+    /// # async fn demo() -> Result<(), flowhub_client::Error> {
+    /// let client = Client::connect(ClientConfig::from_env()?).await?;
+    /// let mut sub = client
+    ///     .subscribe(
+    ///         Subscribe::endpoint("address/address")
+    ///             .condition(json!({"items": [{"key": "city", "operator": "EQUAL", "value": "Envik"}]}))
+    ///             .snapshot(true),
+    ///     )
+    ///     .await?;
+    /// let mut rows = sub.take_snapshot().map(|s| s.data).unwrap_or_default();
+    /// while let Some(item) = sub.next().await {
+    ///     match item {
+    ///         SubscriptionItem::Event(ev) => println!("{:?} {:?} {} at {}", ev.kind, ev.live, ev.objectid, ev.position),
+    ///         SubscriptionItem::Reset { snapshot, .. } => {
+    ///             // Changes were missed (the hub lost its history): start over from the snapshot.
+    ///             rows = snapshot.map(|s| s.data).unwrap_or_default();
+    ///         }
+    ///         SubscriptionItem::Ended(e) => eprintln!("subscription ended: {e}"),
+    ///     }
+    /// }
+    /// # let _ = rows;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe(&self, subscribe: Subscribe) -> Result<Subscription, Error> {
         if self.state() == ConnectionState::Closed {
             return Err(Error::Closed);
         }
-        let _permit = shared
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| Error::Closed)?;
-        let requestid = shared.next_id();
-        let (tx, rx) = oneshot::channel();
-        lock(&shared.pending).insert(requestid, Pending::Call { tx, sent: false });
-        // Forgets the entry however this future ends (reply, timeout, or the caller dropping
-        // it), so the map holds only calls someone still waits for.
-        let _forget = Forget {
-            shared: shared.clone(),
-            requestid,
-        };
-        shared
-            .out_tx
-            .send(Outgoing::Request { requestid, frame })
-            .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.unwrap_or(Err(Error::Disconnected))
+        subscription::subscribe(self.shared(), subscribe).await
+    }
+
+    /// Sends a frame and waits at most `wait` for its reply.
+    async fn request(&self, frame: Map<String, Value>, wait: Duration) -> Result<Reply, Error> {
+        request(self.shared(), frame, wait).await
     }
 
     /// Provides `provide.endpoint` on this connection and every later one, with `handler`
@@ -357,6 +389,46 @@ impl Client {
         )
         .await;
     }
+}
+
+/// Sends a frame and waits at most `wait` for its reply.
+pub(crate) async fn request(
+    shared: &Arc<Shared>,
+    frame: Map<String, Value>,
+    wait: Duration,
+) -> Result<Reply, Error> {
+    tokio::time::timeout(wait, request_unbounded(shared, frame))
+        .await
+        .unwrap_or(Err(Error::Timeout(wait)))
+}
+
+async fn request_unbounded(
+    shared: &Arc<Shared>,
+    frame: Map<String, Value>,
+) -> Result<Reply, Error> {
+    if *shared.state.borrow() == ConnectionState::Closed {
+        return Err(Error::Closed);
+    }
+    let _permit = shared
+        .in_flight
+        .acquire()
+        .await
+        .map_err(|_| Error::Closed)?;
+    let requestid = shared.next_id();
+    let (tx, rx) = oneshot::channel();
+    lock(&shared.pending).insert(requestid, Pending::Call { tx, sent: false });
+    // Forgets the entry however this future ends (reply, timeout, or the caller dropping
+    // it), so the map holds only calls someone still waits for.
+    let _forget = Forget {
+        shared: shared.clone(),
+        requestid,
+    };
+    shared
+        .out_tx
+        .send(Outgoing::Request { requestid, frame })
+        .await
+        .map_err(|_| Error::Closed)?;
+    rx.await.unwrap_or(Err(Error::Disconnected))
 }
 
 /// Removes a call's `pending` entry when its waiter ends.

@@ -13,6 +13,9 @@
 //!   a connection that ended are aborted: the hub has already failed or rerouted their calls,
 //!   and it would refuse their answers on a new connection.
 //!
+//! - `subs`: the subscriptions (see [`crate::subscription`]); every new connection subscribes
+//!   again, after the provides, each one that is not suspended, resuming from its last position.
+//!
 //! Locks are `std::sync::Mutex`es held for a map operation and never across an `.await`.
 //!
 //! Bounds: the outbound queue (`outbound_queue` frames; senders wait), calls waiting for a
@@ -39,6 +42,7 @@ use crate::codec::{self, Incoming};
 use crate::config::{ClientConfig, Credentials};
 use crate::error::Error;
 use crate::provider::{Answer, Handler, Invocation, Provide};
+use crate::subscription::{self, SubState};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -66,6 +70,8 @@ pub(crate) enum Pending {
     },
     /// A provide frame for one generation of an endpoint's registration.
     Provide { endpoint: String, generation: u64 },
+    /// A subscribe frame for one generation of a subscription.
+    Subscribe { key: u64, gen: u64 },
 }
 
 /// A provided endpoint.
@@ -100,6 +106,10 @@ pub(crate) enum Outgoing {
     Provide { endpoint: String },
     /// A `result` or `reject`, only for the connection (`epoch`) its invoke came on.
     Answer { epoch: u64, frame: Value },
+    /// Send the subscribe frame of this subscription, if it is due.
+    Subscribe { key: u64 },
+    /// Take a subscription off the hub, only on the connection (`conn`) it was made on.
+    Unsubscribe { conn: u64, wire: String },
 }
 
 /// State shared between the client handles, the driver and the handler tasks.
@@ -110,6 +120,7 @@ pub(crate) struct Shared {
     pub next_generation: AtomicU64,
     pub pending: Mutex<HashMap<u64, Pending>>,
     pub providers: Mutex<HashMap<String, Registration>>,
+    pub subs: Mutex<HashMap<u64, SubState>>,
     running: Mutex<HashMap<u64, Running>>,
     /// Bounds the calls waiting for a reply.
     pub in_flight: Semaphore,
@@ -136,6 +147,7 @@ impl Shared {
             next_generation: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             providers: Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             state: watch::Sender::new(ConnectionState::Connecting),
             shutdown: watch::Sender::new(false),
@@ -150,13 +162,21 @@ impl Shared {
     /// Queues an answer from the reader, which must not wait: if the queue is full, a task
     /// waits for room instead.
     fn queue_answer(self: &Arc<Self>, epoch: u64, frame: Value) {
-        match self.out_tx.try_send(Outgoing::Answer { epoch, frame }) {
+        self.queue_outgoing(Outgoing::Answer { epoch, frame });
+    }
+
+    /// Queues a frame without waiting (from the reader, or a `Drop`): if the queue is full, a
+    /// task waits for room instead (when there is a runtime to run it).
+    pub fn queue_outgoing(&self, item: Outgoing) {
+        match self.out_tx.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(item)) => {
-                let tx = self.out_tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(item).await;
-                });
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let tx = self.out_tx.clone();
+                    rt.spawn(async move {
+                        let _ = tx.send(item).await;
+                    });
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
@@ -396,6 +416,7 @@ async fn read_loop<S>(
             Some("reply") | None => on_reply(shared, frame),
             Some("invoke") => on_invoke(shared, epoch, frame),
             Some("cancel") => on_cancel(shared, epoch, &frame),
+            Some("event") => subscription::on_event(shared, epoch, frame),
             Some(other) => tracing::debug!(
                 r#type = other,
                 "ignoring a frame of a kind this client does not know"
@@ -432,6 +453,7 @@ fn on_reply(shared: &Arc<Shared>, reply: Map<String, Value>) {
         Some(Pending::Call { tx, .. }) => {
             let _ = tx.send(Reply::from_envelope(reply));
         }
+        Some(Pending::Subscribe { key, gen }) => subscription::on_reply(shared, key, gen, reply),
         Some(Pending::Provide {
             endpoint,
             generation,
@@ -581,6 +603,11 @@ where
             sink.send(msg).await?;
         }
     }
+    for key in subscription::due(shared) {
+        if let Some(msg) = subscription::subscribe_message(shared, key, epoch, token) {
+            sink.send(msg).await?;
+        }
+    }
     let mut pings = tokio::time::interval(ping);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     pings.tick().await;
@@ -602,6 +629,14 @@ where
             Outgoing::Provide { endpoint } => provide_message(shared, epoch, token, &endpoint),
             Outgoing::Answer { epoch: e, frame } if e == epoch => answer_message(shared, frame),
             Outgoing::Answer { .. } => None, // its connection is gone, and with it the call
+            Outgoing::Subscribe { key } => {
+                subscription::subscribe_message(shared, key, epoch, token)
+            }
+            Outgoing::Unsubscribe { conn, wire } if conn == epoch => {
+                let frame = json!({"type": "unsubscribe", "subscription": wire});
+                encode_bounded(shared, &frame).ok()
+            }
+            Outgoing::Unsubscribe { .. } => None, // gone with its connection
         };
         if let Some(msg) = msg {
             sink.send(msg).await?;
@@ -610,7 +645,7 @@ where
 }
 
 /// Encodes `frame` in the client's encoding within `max_frame_bytes`.
-fn encode_bounded(shared: &Shared, frame: &Value) -> Result<Message, String> {
+pub(crate) fn encode_bounded(shared: &Shared, frame: &Value) -> Result<Message, String> {
     let msg = codec::encode(frame, shared.config.encoding)?;
     if msg.len() > shared.config.max_frame_bytes {
         return Err(format!(
@@ -738,6 +773,7 @@ fn end_of_connection(shared: &Shared, epoch: u64) {
     for (_, r) in lock(&shared.running).drain() {
         r.abort.abort();
     }
+    subscription::end_of_connection(shared, epoch);
 }
 
 /// The client is closed: everything waiting fails with `Closed` and nothing is kept.
@@ -762,4 +798,5 @@ fn close_all(shared: &Shared, out_rx: &mut mpsc::Receiver<Outgoing>) {
     for (_, r) in lock(&shared.running).drain() {
         r.abort.abort();
     }
+    subscription::close_all(shared);
 }

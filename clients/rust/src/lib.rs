@@ -65,6 +65,7 @@ mod config;
 mod connection;
 mod error;
 mod provider;
+mod subscription;
 
 pub use call::{Call, ChangeKind, Method, Publish, Reply};
 pub use client::{Client, WeakClient};
@@ -72,6 +73,10 @@ pub use config::{normalize_url, Backoff, ClientConfig, Credentials, Encoding, DE
 pub use connection::ConnectionState;
 pub use error::{Error, HubError};
 pub use provider::{Answer, BoxAnswer, Caller, Handler, Invocation, Policy, Provide};
+pub use subscription::{
+    Event, Live, Snapshot, Subscribe, Subscription, SubscriptionItem, Target,
+    DEFAULT_SUBSCRIPTION_BUFFER,
+};
 
 /// Re-exported so handlers and callers can build values without a direct dependency.
 pub use serde_json::{json, Value};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flowhub_client::{
     Answer, Backoff, Call, ChangeKind, Client, ClientConfig, ConnectionState, Encoding, Error,
-    Invocation, Method, Provide, Publish,
+    Invocation, Method, Provide, Publish, Subscribe, Subscription, SubscriptionItem,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -788,4 +788,234 @@ async fn close_fails_waiting_calls_and_dropping_the_last_handle_closes() {
         "dropping the client closes the socket"
     );
     assert!(weak.upgrade().is_none());
+}
+
+fn event(sub: &Value, kind: &str, id: &str, position: u64) -> Value {
+    json!({"type": "event", "subscription": sub, "kind": kind, "endpoint": "address/address",
+           "namespace": "t1", "objectid": id, "version": position, "position": position,
+           "data": {"id": id, "version": position}})
+}
+
+async fn next_event(sub: &mut Subscription) -> flowhub_client::Event {
+    match tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("an item")
+    {
+        Some(SubscriptionItem::Event(ev)) => ev,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_resume_after_a_reconnect_without_doubles_and_reset_when_the_hub_cannot() {
+    let hub = FakeHub::start().await;
+    let (client, mut conn) = tokio::join!(
+        Client::connect(
+            hub.config()
+                .with_token("tk")
+                .with_encoding(Encoding::MessagePack)
+        ),
+        hub.accept()
+    );
+    let client = client.unwrap();
+    let c = client.clone();
+    let subscribing = tokio::spawn(async move {
+        c.subscribe(
+            Subscribe::endpoint("address/address")
+                .namespace("t1")
+                .snapshot(true),
+        )
+        .await
+    });
+    let (f, binary) = conn.recv_enc().await;
+    assert!(binary, "the client's encoding is used for subscribe frames");
+    assert_eq!(f["type"], "subscribe");
+    assert_eq!(f["endpoint"], "address/address");
+    assert_eq!(f["namespace"], "t1");
+    assert_eq!(f["snapshot"], true);
+    assert_eq!(f["token"], "tk");
+    assert!(f.get("from").is_none(), "{f}");
+    let wire = f["subscription"].clone();
+    conn.send(
+        json!({"type": "reply", "requestid": f["requestid"], "status": 0, "success": true,
+                     "subscription": wire, "epoch": "E1", "position": 10,
+                     "data": [{"id": "a"}], "count": 1, "dataType": "JSON"}),
+    )
+    .await;
+    let mut sub = subscribing.await.unwrap().unwrap();
+    assert_eq!(sub.snapshot().unwrap().count, Some(1));
+    assert_eq!((sub.position(), sub.epoch()), (10, "E1"));
+    conn.send(event(&wire, "CREATE", "b", 11)).await;
+    conn.send(event(&wire, "UPDATE", "b", 11)).await; // a double: dropped
+    conn.send(event(&wire, "UPDATE", "b", 12)).await;
+    let ev = next_event(&mut sub).await;
+    assert_eq!(
+        (ev.kind, ev.position, ev.subscription.as_str()),
+        (ChangeKind::Create, 11, sub.id())
+    );
+    assert_eq!(next_event(&mut sub).await.position, 12);
+    assert_eq!(sub.position(), 12);
+
+    // The connection drops: the client subscribes again from 12 of epoch E1.
+    drop(conn);
+    let mut conn = hub.accept().await;
+    let f = conn.recv().await;
+    assert_eq!(f["type"], "subscribe");
+    assert_eq!(
+        (f["from"].as_u64(), f["epoch"].as_str()),
+        (Some(12), Some("E1"))
+    );
+    assert_ne!(f["subscription"], wire, "a fresh name on the wire");
+    let wire2 = f["subscription"].clone();
+    conn.send(
+        json!({"type": "reply", "requestid": f["requestid"], "status": 0, "success": true,
+                     "subscription": wire2, "epoch": "E1", "position": 14, "recovered": true,
+                     "dataType": "JSON"}),
+    )
+    .await;
+    conn.send(event(&wire, "DELETE", "b", 13)).await; // the old registration's: dropped
+    conn.send(event(&wire2, "UPDATE", "b", 12)).await; // already delivered: dropped
+    conn.send(event(&wire2, "UPDATE", "b", 13)).await;
+    conn.send(event(&wire2, "DELETE", "b", 14)).await;
+    assert_eq!(next_event(&mut sub).await.position, 13);
+    let ev = next_event(&mut sub).await;
+    assert_eq!((ev.kind, ev.position), (ChangeKind::Delete, 14));
+
+    // Again, and now the hub has another history: a reset with the snapshot.
+    drop(conn);
+    let mut conn = hub.accept().await;
+    let f = conn.recv().await;
+    assert_eq!(f["from"], 14);
+    let wire3 = f["subscription"].clone();
+    conn.send(
+        json!({"type": "reply", "requestid": f["requestid"], "status": 0, "success": true,
+                     "subscription": wire3, "epoch": "E2", "position": 3, "recovered": false,
+                     "data": [], "count": 0, "dataType": "JSON"}),
+    )
+    .await;
+    conn.send(event(&wire3, "CREATE", "c", 4)).await;
+    match tokio::time::timeout(WAIT, sub.next()).await.unwrap() {
+        Some(SubscriptionItem::Reset {
+            position,
+            epoch,
+            snapshot,
+        }) => {
+            assert_eq!((position, epoch.as_str()), (3, "E2"));
+            assert_eq!(snapshot.unwrap().data, json!([]));
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    assert_eq!((sub.position(), sub.epoch()), (3, "E2"));
+    assert_eq!(next_event(&mut sub).await.position, 4);
+
+    // unsubscribe waits for the hub.
+    let unsub = tokio::spawn(async move { sub.unsubscribe().await });
+    let f = conn.recv().await;
+    assert_eq!(
+        (f["type"].as_str(), &f["subscription"]),
+        (Some("unsubscribe"), &wire3)
+    );
+    conn.send(
+        json!({"type": "reply", "requestid": f["requestid"], "status": 0, "success": true,
+                     "subscription": wire3, "dataType": "JSON"}),
+    )
+    .await;
+    unsub.await.unwrap().unwrap();
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_suspends_its_subscription_and_resumes_where_its_buffer_ended() {
+    let hub = FakeHub::start().await;
+    let (client, mut conn) = tokio::join!(Client::connect(hub.config()), hub.accept());
+    let client = client.unwrap();
+    let c = client.clone();
+    let subscribing = tokio::spawn(async move {
+        c.subscribe(
+            Subscribe::object("address/address", "b")
+                .namespace("t1")
+                .buffer(2),
+        )
+        .await
+    });
+    let f = conn.recv().await;
+    assert_eq!(f["objectid"], "b");
+    let wire = f["subscription"].clone();
+    conn.send(
+        json!({"type": "reply", "requestid": f["requestid"], "status": 0, "success": true,
+                     "subscription": wire, "epoch": "E", "position": 1, "dataType": "JSON"}),
+    )
+    .await;
+    let mut sub = subscribing.await.unwrap().unwrap();
+    for p in 2..=6 {
+        conn.send(event(&wire, "UPDATE", "b", p)).await;
+    }
+    // The third event finds the buffer full: the client takes the subscription off the hub.
+    let f = conn.recv().await;
+    assert_eq!(
+        (f["type"].as_str(), &f["subscription"]),
+        (Some("unsubscribe"), &wire)
+    );
+    conn.send(
+        json!({"type": "reply", "requestid": f["requestid"], "status": 0, "success": true,
+                     "subscription": wire, "dataType": "JSON"}),
+    )
+    .await;
+    assert_eq!(sub.backlog(), 2, "never more than the buffer");
+    assert_eq!(next_event(&mut sub).await.position, 2);
+    assert_eq!(next_event(&mut sub).await.position, 3);
+    assert!(
+        conn.recv_within(Duration::from_millis(200)).await.is_none(),
+        "nothing until the reader asks for more"
+    );
+    // Reading the empty buffer brings the subscription back, from position 3.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(next_event(&mut sub).await.position);
+        }
+        (sub, got)
+    });
+    let f = conn.recv().await;
+    assert_eq!(f["type"], "subscribe");
+    assert_eq!(f["from"], 3);
+    assert_eq!(f["epoch"], "E");
+    let wire2 = f["subscription"].clone();
+    conn.send(
+        json!({"type": "reply", "requestid": f["requestid"], "status": 0, "success": true,
+                     "subscription": wire2, "epoch": "E", "position": 6, "recovered": true,
+                     "dataType": "JSON"}),
+    )
+    .await;
+    conn.send(event(&wire2, "UPDATE", "b", 4)).await;
+    conn.send(event(&wire2, "UPDATE", "b", 5)).await;
+    let (mut sub, got) = reader.await.unwrap();
+    assert_eq!(got, vec![4, 5]);
+    conn.send(event(&wire2, "UPDATE", "b", 6)).await;
+    assert_eq!(next_event(&mut sub).await.position, 6);
+    // Dropping the handle unsubscribes in the background.
+    drop(sub);
+    let f = conn.recv().await;
+    assert_eq!(
+        (f["type"].as_str(), &f["subscription"]),
+        (Some("unsubscribe"), &wire2)
+    );
+
+    // A refused subscribe is the hub's error.
+    let c = client.clone();
+    let refused = tokio::spawn(async move {
+        c.subscribe(Subscribe::endpoint("address/address").condition(json!({"logic": "XOR"})))
+            .await
+    });
+    let f = conn.recv().await;
+    assert_eq!(f["condition"], json!({"logic": "XOR"}));
+    conn.send(
+        json!({"type": "reply", "requestid": f["requestid"], "status": 0, "success": false,
+                     "errorcode": "INVALID_PARAMETERS", "message": "bad logic",
+                     "errorid": "x", "dataType": "JSON"}),
+    )
+    .await;
+    let err = refused.await.unwrap().unwrap_err();
+    assert_eq!(err.errorcode(), Some("INVALID_PARAMETERS"));
+    client.close().await;
 }
