@@ -8,12 +8,14 @@
 //! Implementations: [`file::FileLog`] (the embedded default: segment files in the data
 //! directory, group commit, fsync policies; [`recovery`] reads it back) and [`MemoryOnly`]
 //! (state in memory only, for tests and benchmarks). A replicated log plugs in here later.
+//! [`tail`] reads committed records back after a position while the hub runs (resume).
 
 pub mod backup;
 pub mod file;
 pub mod format;
 pub mod recovery;
 pub mod snapshot;
+pub mod tail;
 
 use std::io;
 use std::path::{Path, PathBuf};
