@@ -62,6 +62,11 @@ pub struct Config {
     pub resume_window: usize,
     /// Approximate bytes those events (with the object states they hold) may take.
     pub resume_window_bytes: usize,
+    /// Bytes of log segments a snapshot covers that are kept (the newest) rather than
+    /// removed, so that clients further back than the window, or from before a restart,
+    /// resume from the log. 0 removes them all; unset: as much as `snapshot_min_bytes`
+    /// (the log on disk at most doubles).
+    pub resume_log_bytes: Option<u64>,
     /// Bytes of change events one connection may have waiting to be written; a subscriber
     /// that falls further behind is disconnected with close code 3008.
     pub max_outbound_bytes: usize,
@@ -106,6 +111,7 @@ impl Default for Config {
             max_list_items: 10_000,
             resume_window: 100_000,
             resume_window_bytes: 64 << 20,
+            resume_log_bytes: None,
             max_outbound_bytes: 1 << 20,
             max_subscriptions: 1024,
             index: BTreeMap::new(),
@@ -209,6 +215,7 @@ impl Config {
                 "TLS_KEY" => self.tls_key = Some(PathBuf::from(v)),
                 "RESUME_WINDOW" => self.resume_window = num(&key, &v)?,
                 "RESUME_WINDOW_BYTES" => self.resume_window_bytes = num(&key, &v)?,
+                "RESUME_LOG_BYTES" => self.resume_log_bytes = Some(num(&key, &v)?),
                 "MAX_OUTBOUND_BYTES" => self.max_outbound_bytes = num(&key, &v)?,
                 "MAX_SUBSCRIPTIONS" => self.max_subscriptions = num(&key, &v)?,
                 _ => {}

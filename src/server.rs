@@ -140,7 +140,8 @@ pub fn open(config: &Config) -> Result<Opened, String> {
         snapshot_dir,
         config.snapshot_min_bytes,
         snapshot_size,
-    );
+    )
+    .keep_for_resume(config.resume_log_bytes.unwrap_or(config.snapshot_min_bytes));
     let mut from_snapshot = 0usize;
     let mut damage: Option<String> = None;
     let snapshot_entries = rx.iter().map_while(|chunk| match chunk {

@@ -1,6 +1,8 @@
 //! The Rust client (`clients/rust`) against a real hub over real sockets: calls with many in
 //! flight, providers built with the client serving calls made over WebSocket and HTTP,
-//! rejection and rerouting, cancellation, and reconnecting after the hub restarts.
+//! rejection and rerouting, cancellation, reconnecting after the hub restarts, and
+//! subscriptions: endpoints, objects and live queries, a slow reader, resuming after a restart
+//! and resetting when the hub has another history.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use common::{Config, TestHub};
 use flowhub_client::{
     Answer, Backoff, Call, ChangeKind, Client, ClientConfig, ConnectionState, Encoding, Error,
-    Invocation, Method, Policy, Provide, Publish,
+    Event, Invocation, Method, Policy, Provide, Publish, Subscribe, Subscription, SubscriptionItem,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -607,5 +609,453 @@ async fn the_hub_refuses_reserved_endpoints_and_provide_reports_it() {
         .map(|r| r.data)
         .unwrap_or(Value::Null);
     assert!(value.is_null(), "{value}");
+    hub.stop().await;
+}
+
+/// The next item of `sub` within 10 s.
+async fn next_item(sub: &mut Subscription) -> SubscriptionItem {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("an item within 10 s")
+        .expect("the subscription goes on")
+}
+
+async fn next_event(sub: &mut Subscription) -> Event {
+    match next_item(sub).await {
+        SubscriptionItem::Event(ev) => ev,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// `(kind, objectid)` of the next `n` events, checking that positions increase.
+async fn events(sub: &mut Subscription, n: usize) -> Vec<(ChangeKind, String)> {
+    let mut out = Vec::new();
+    let mut last = sub.position();
+    for _ in 0..n {
+        let ev = next_event(sub).await;
+        assert!(
+            ev.position > last,
+            "positions increase: {} after {last}",
+            ev.position
+        );
+        last = ev.position;
+        out.push((ev.kind, ev.objectid));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_subscription_receives_create_update_delete_in_order_in_both_encodings() {
+    let hub = TestHub::start().await;
+    for (encoding, ns) in [(Encoding::Json, "json"), (Encoding::MessagePack, "msgpack")] {
+        let client = Client::connect(config(&hub.ws_url()).with_encoding(encoding))
+            .await
+            .unwrap();
+        client
+            .call(Call::create("address/address", json!({"id": "old", "n": 0})).namespace(ns))
+            .await
+            .unwrap();
+        let mut sub = client
+            .subscribe(
+                Subscribe::endpoint("address/address")
+                    .namespace(ns)
+                    .snapshot(true),
+            )
+            .await
+            .unwrap();
+        let snapshot = sub.snapshot().unwrap();
+        assert_eq!(snapshot.count, Some(1));
+        assert_eq!(snapshot.data[0]["id"], "old");
+        let start = sub.position();
+        assert!(start >= 1);
+        assert!(!sub.epoch().is_empty());
+
+        let created = client
+            .call(Call::create("address/address", json!({"id": "a", "n": 1})).namespace(ns))
+            .await
+            .unwrap();
+        client
+            .call(Call::update("address/address", "a", json!({"n": 2})).namespace(ns))
+            .await
+            .unwrap();
+        client
+            .call(Call::delete("address/address", "a").namespace(ns))
+            .await
+            .unwrap();
+        // Another namespace is another stream.
+        client
+            .call(
+                Call::create("address/address", json!({"id": format!("elsewhere-{ns}")}))
+                    .namespace("other"),
+            )
+            .await
+            .unwrap();
+
+        let ev = next_event(&mut sub).await;
+        assert_eq!(ev.kind, ChangeKind::Create);
+        assert_eq!(
+            (ev.endpoint.as_str(), ev.namespace.as_str()),
+            ("address/address", ns)
+        );
+        assert_eq!(ev.objectid, "a");
+        assert_eq!(ev.subscription, sub.id());
+        assert_eq!(ev.live, None);
+        assert_eq!(ev.position, created.data["version"].as_u64().unwrap());
+        assert_eq!(ev.data["n"], 1);
+        let ev2 = next_event(&mut sub).await;
+        assert_eq!(
+            (ev2.kind, ev2.data["n"].clone()),
+            (ChangeKind::Update, json!(2))
+        );
+        assert!(!ev2.patch);
+        let ev3 = next_event(&mut sub).await;
+        assert_eq!((ev3.kind, ev3.objectid.as_str()), (ChangeKind::Delete, "a"));
+        assert!(ev.position < ev2.position && ev2.position < ev3.position);
+        assert_eq!(sub.position(), ev3.position);
+        assert!(
+            sub.try_next().is_none(),
+            "nothing else: {:?}",
+            sub.try_next()
+        );
+        sub.unsubscribe().await.unwrap();
+
+        // One object, with patches and its snapshot.
+        let mut one = client
+            .subscribe(
+                Subscribe::object("address/address", "old")
+                    .namespace(ns)
+                    .snapshot(true)
+                    .patch(true),
+            )
+            .await
+            .unwrap();
+        assert_eq!(one.snapshot().unwrap().data["n"], 0);
+        assert_eq!(one.snapshot().unwrap().count, None);
+        client
+            .call(Call::update("address/address", "old", json!({"n": 5})).namespace(ns))
+            .await
+            .unwrap();
+        let ev = next_event(&mut one).await;
+        assert!(ev.patch, "{ev:?}");
+        assert_eq!(ev.data["n"], 5);
+        assert!(ev.data.get("id").is_none() || ev.data["id"] == "old");
+        drop(one);
+        client.close().await;
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_query_reports_enter_change_and_leave() {
+    let hub = TestHub::start().await;
+    let client = client(&hub).await;
+    client
+        .call(Call::create(
+            "address/address",
+            json!({"id": "x", "city": "Envik"}),
+        ))
+        .await
+        .unwrap();
+    client
+        .call(Call::create(
+            "address/address",
+            json!({"id": "y", "city": "Oslo"}),
+        ))
+        .await
+        .unwrap();
+    let mut envik = client
+        .subscribe(
+            Subscribe::endpoint("address/address")
+                .condition(
+                    json!({"items": [{"key": "city", "operator": "EQUAL", "value": "Envik"}]}),
+                )
+                .snapshot(true),
+        )
+        .await
+        .unwrap();
+    let snap = envik.take_snapshot().unwrap();
+    assert_eq!(snap.count, Some(1));
+    assert_eq!(snap.data[0]["id"], "x");
+    assert!(envik.snapshot().is_none());
+
+    for (id, patch) in [
+        ("y", json!({"city": "Envik"})),      // enters
+        ("y", json!({"street": "Storgata"})), // changes inside
+        ("x", json!({"city": "Bergen"})),     // leaves
+        ("x", json!({"street": "not seen"})), // outside: nothing
+    ] {
+        client
+            .call(Call::update("address/address", id, patch))
+            .await
+            .unwrap();
+    }
+    client
+        .call(Call::create(
+            "address/address",
+            json!({"id": "z", "city": "Envik"}),
+        ))
+        .await
+        .unwrap();
+    client
+        .call(Call::delete("address/address", "z"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let ev = next_event(&mut envik).await;
+        seen.push((ev.objectid, ev.kind, ev.live.unwrap()));
+    }
+    use flowhub_client::Live::{Change, Enter, Leave};
+    assert_eq!(
+        seen,
+        vec![
+            ("y".to_string(), ChangeKind::Update, Enter),
+            ("y".to_string(), ChangeKind::Update, Change),
+            ("x".to_string(), ChangeKind::Update, Leave),
+            ("z".to_string(), ChangeKind::Create, Enter),
+            ("z".to_string(), ChangeKind::Delete, Leave),
+        ]
+    );
+    // A condition the hub cannot read is refused like a LIST's.
+    let err = client
+        .subscribe(Subscribe::endpoint("address/address").condition(json!({"logic": "XOR"})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.errorcode(), Some("INVALID_PARAMETERS"), "{err}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_falls_behind_its_buffer_still_gets_every_change_once() {
+    let hub = TestHub::start().await;
+    let client = client(&hub).await;
+    let mut sub = client
+        .subscribe(Subscribe::endpoint("bulk/item").buffer(4))
+        .await
+        .unwrap();
+    for i in 0..60 {
+        client
+            .call(Call::create("bulk/item", json!({"id": format!("i{i:02}")})))
+            .await
+            .unwrap();
+    }
+    // The buffer filled long ago: the subscription was taken off the hub and comes back
+    // from its last buffered position as the reader catches up.
+    assert!(sub.backlog() <= 4);
+    let got = events(&mut sub, 60).await;
+    let want: Vec<_> = (0..60)
+        .map(|i| (ChangeKind::Create, format!("i{i:02}")))
+        .collect();
+    assert_eq!(got, want);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sub.try_next().is_none(), "no doubles");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_hub_restart_a_subscription_resumes_with_exactly_the_missed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let url = format!("http://{addr}");
+    let hub = FixedHub::start(addr, dir.path()).await;
+    // The subscriber waits at least 750 ms before reconnecting, so the writes made right
+    // after the restart happen while it is away.
+    let slow = config(&url).with_backoff(Backoff {
+        initial: Duration::from_millis(1500),
+        max: Duration::from_millis(1500),
+        factor: 1.0,
+    });
+    let subscriber = Client::connect(slow).await.unwrap();
+    let mut sub = subscriber
+        .subscribe(Subscribe::endpoint("address/address"))
+        .await
+        .unwrap();
+    let epoch = sub.epoch().to_string();
+    let writer = Client::connect(config(&url)).await.unwrap();
+    for id in ["a", "b"] {
+        writer
+            .call(Call::create("address/address", json!({"id": id})))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        events(&mut sub, 2).await,
+        vec![
+            (ChangeKind::Create, "a".to_string()),
+            (ChangeKind::Create, "b".to_string())
+        ]
+    );
+    let seen_before = sub.position();
+
+    hub.stop().await;
+    eventually("the subscriber to notice the hub is gone", || {
+        subscriber.state() == ConnectionState::Connecting
+    })
+    .await;
+    let hub = FixedHub::start(addr, dir.path()).await;
+    writer.wait_connected(WAIT).await.unwrap();
+    let mut missed = Vec::new();
+    for (i, id) in ["c", "d", "e"].iter().enumerate() {
+        let r = writer
+            .call(Call::create("address/address", json!({"id": id})))
+            .await
+            .unwrap();
+        missed.push(r.data["version"].as_u64().unwrap());
+        if i == 0 {
+            writer
+                .call(Call::update("address/address", "a", json!({"n": 1})))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        subscriber.state(),
+        ConnectionState::Connecting,
+        "the writes happened while the subscriber was away"
+    );
+    assert_eq!(subscriber.wait_connected(WAIT).await.unwrap(), 2);
+    let mut got = Vec::new();
+    let mut last = seen_before;
+    for _ in 0..4 {
+        let ev = next_event(&mut sub).await;
+        assert!(ev.position > last, "no double, in order: {ev:?}");
+        last = ev.position;
+        got.push((ev.kind, ev.objectid));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (ChangeKind::Create, "c".to_string()),
+            (ChangeKind::Update, "a".to_string()),
+            (ChangeKind::Create, "d".to_string()),
+            (ChangeKind::Create, "e".to_string()),
+        ],
+        "exactly the changes made while away"
+    );
+    assert_eq!(sub.position(), *missed.last().unwrap());
+    assert_eq!(sub.epoch(), epoch, "the same history");
+    // And live from there on.
+    writer
+        .call(Call::delete("address/address", "b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        events(&mut sub, 1).await,
+        vec![(ChangeKind::Delete, "b".to_string())]
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sub.try_next().is_none(), "nothing twice");
+    subscriber.close().await;
+    writer.close().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_with_a_new_history_makes_the_subscription_reset_with_a_snapshot() {
+    let first_dir = tempfile::tempdir().unwrap();
+    let second_dir = tempfile::tempdir().unwrap();
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let url = format!("http://{addr}");
+    let hub = FixedHub::start(addr, first_dir.path()).await;
+    let client = Client::connect(config(&url)).await.unwrap();
+    let mut sub = client
+        .subscribe(Subscribe::endpoint("address/address").snapshot(true))
+        .await
+        .unwrap();
+    let first_epoch = sub.epoch().to_string();
+    client
+        .call(Call::create("address/address", json!({"id": "gone"})))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut sub).await.objectid, "gone");
+    hub.stop().await;
+
+    // Another data directory: another epoch; the old positions mean nothing there.
+    let hub = FixedHub::start(addr, second_dir.path()).await;
+    let other = Client::connect(config(&url)).await.unwrap();
+    other
+        .call(Call::create("address/address", json!({"id": "new"})))
+        .await
+        .unwrap();
+    match next_item(&mut sub).await {
+        SubscriptionItem::Reset {
+            position,
+            epoch,
+            snapshot,
+        } => {
+            assert_ne!(epoch, first_epoch);
+            let snapshot = snapshot.expect("the snapshot comes with the reset");
+            let ids: Vec<_> = snapshot
+                .data
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].clone())
+                .collect();
+            // "new" is in the snapshot, or follows it as an event.
+            if ids.is_empty() {
+                let ev = next_event(&mut sub).await;
+                assert_eq!(ev.objectid, "new");
+                assert!(ev.position > position);
+            } else {
+                assert_eq!(ids, vec![json!("new")]);
+            }
+            assert_eq!(sub.epoch(), epoch);
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    // Live in the new history.
+    other
+        .call(Call::update("address/address", "new", json!({"n": 1})))
+        .await
+        .unwrap();
+    let ev = next_event(&mut sub).await;
+    assert_eq!((ev.kind, ev.objectid.as_str()), (ChangeKind::Update, "new"));
+    client.close().await;
+    other.close().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_carry_the_clients_credentials() {
+    let mut config_auth = Config {
+        durability: "never".into(),
+        ..Config::default()
+    };
+    config_auth.auth.admin_password = Some(flowhub::auth::Secret("admin-secret-1".into()));
+    config_auth.auth.argon2_memory_kib = 1024;
+    config_auth.auth.argon2_iterations = 1;
+    let hub = TestHub::start_secure(config_auth).await;
+    let admin = Client::connect(config(&hub.ws_url()).with_password("admin", "admin-secret-1"))
+        .await
+        .unwrap();
+    let mut sub = admin
+        .subscribe(Subscribe::endpoint("address/address"))
+        .await
+        .unwrap();
+    admin
+        .call(Call::create("address/address", json!({"id": "a"})))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut sub).await.objectid, "a");
+    let token = admin
+        .call(Call::open("auth/token", "current"))
+        .await
+        .map(|r| r.data)
+        .unwrap();
+    assert_eq!(token["user"], "admin");
+
+    let stranger = Client::connect(config(&hub.ws_url())).await.unwrap();
+    let err = stranger
+        .subscribe(Subscribe::endpoint("address/address"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.errorcode(), Some("UNAUTHORIZED"), "{err}");
     hub.stop().await;
 }

@@ -12,7 +12,9 @@
 //!
 //! It is written to `<name>.tmp`, fsynced, renamed, and the directory fsynced, so a snapshot
 //! file is either whole or absent; the trailer's checksum catches anything else. Only then are
-//! the log segments it covers removed.
+//! the log segments it covers removed, except the newest of them up to `resume_log_bytes`
+//! ([`SnapshottingLog::keep_for_resume`]): subscribers resume from those (SPEC 12.5), and a
+//! start passes over them (recovery skips a segment the snapshot holds whole).
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -40,6 +42,8 @@ pub struct SnapshottingLog {
     last_size: Arc<AtomicU64>,
     /// Whether a snapshot is being written; one at a time.
     busy: Arc<AtomicBool>,
+    /// Bytes of the newest covered segments a compaction keeps for resuming subscribers.
+    keep_bytes: u64,
 }
 
 impl SnapshottingLog {
@@ -52,8 +56,35 @@ impl SnapshottingLog {
             since: 0,
             last_size: Arc::new(AtomicU64::new(last_size)),
             busy: Arc::new(AtomicBool::new(false)),
+            keep_bytes: 0,
         }
     }
+
+    /// Keeps the newest segments a snapshot covers, up to `bytes` in all, instead of removing
+    /// them: a subscriber resuming from a position in them is served from the log.
+    pub fn keep_for_resume(mut self, bytes: u64) -> SnapshottingLog {
+        self.keep_bytes = bytes;
+        self
+    }
+}
+
+/// The covered segments a compaction removes: all but the newest ones whose sizes add up
+/// to at most `keep_bytes`.
+fn to_remove(covered: &[PathBuf], keep_bytes: u64) -> Vec<PathBuf> {
+    let mut kept = 0u64;
+    let mut keeping = true;
+    let mut out = Vec::new();
+    for seg in covered.iter().rev() {
+        let size = fs::metadata(seg).map_or(0, |m| m.len());
+        keeping = keeping && kept + size <= keep_bytes;
+        if keeping {
+            kept += size;
+        } else {
+            out.push(seg.clone());
+        }
+    }
+    out.reverse();
+    out
 }
 
 impl Log for SnapshottingLog {
@@ -106,7 +137,9 @@ impl Log for SnapshottingLog {
         self.busy.store(true, Ordering::Release);
         let (dir, log_dir) = (self.dir.clone(), self.log.dir().to_path_buf());
         let (busy, last_size) = (self.busy.clone(), self.last_size.clone());
+        let keep_bytes = self.keep_bytes;
         let job = move || {
+            let covered = to_remove(&covered, keep_bytes);
             let started = std::time::Instant::now();
             match write(&dir, seq, &entries) {
                 Ok((path, size)) => {
@@ -363,6 +396,21 @@ mod tests {
             state: Some(Bytes::from(format!("{{\"id\":\"o{i}\"}}"))),
             published: false,
         }
+    }
+
+    #[test]
+    fn a_compaction_keeps_the_newest_covered_segments_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs: Vec<PathBuf> = (1..=4)
+            .map(|i| {
+                let p = dir.path().join(format!("{i:020}.seg"));
+                fs::write(&p, vec![0u8; 100]).unwrap();
+                p
+            })
+            .collect();
+        assert_eq!(to_remove(&segs, 0), segs);
+        assert_eq!(to_remove(&segs, 250), segs[..2].to_vec());
+        assert!(to_remove(&segs, 400).is_empty());
     }
 
     #[test]
