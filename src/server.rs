@@ -226,6 +226,8 @@ pub async fn serve(
         max_outbound_bytes: config.max_outbound_bytes,
         max_subscriptions: config.max_subscriptions,
         max_list_items: config.max_list_items,
+        // Resume reads the log back past the window; a memory-only hub has none.
+        log_dir: durability(&config).map(|_| config.data_dir.join("log")),
     };
     let fanout = match Fanout::start(&store, fanout_config, epoch) {
         Ok(f) => f,

@@ -18,12 +18,15 @@
 //!   bounded in bytes (`max_outbound_bytes`); a push past the bound marks the connection
 //!   slow, its queue is dropped and the socket closed with [`SLOW_CLOSE_CODE`].
 //! - Registration and snapshot do not race with changes: see [`session`] (register first,
-//!   read the state and its position, then open the gate past that position).
+//!   read the state and its position, then open the gate past that position). A resume from
+//!   further back than the window reads the log on a blocking thread ([`replay`]) while the
+//!   gate stays pending, never on this task.
 //!
 //! Never: blocks on a socket, or holds a lock while waiting.
 
 pub mod event;
 pub mod matcher;
+mod replay;
 pub mod session;
 pub mod window;
 
@@ -131,7 +134,14 @@ pub struct FanoutConfig {
     pub max_subscriptions: usize,
     /// Largest snapshot (objects) a subscribe may return, as `max_list_items` for LIST.
     pub max_list_items: usize,
+    /// The log's segments, to resume from further back than the window (`None`: a
+    /// memory-only hub, window only).
+    pub log_dir: Option<std::path::PathBuf>,
 }
+
+/// Resumes read from the log at once, hub-wide: a crowd reconnecting after a restart reads
+/// the disk a few at a time instead of filling the blocking pool.
+const LOG_REPLAYS: usize = 2;
 
 /// The hub's fan-out. Cloning is shallow.
 #[derive(Clone)]
@@ -150,6 +160,8 @@ struct Inner {
     topics: RwLock<HashMap<String, HashMap<String, Topic>>>,
     window: RwLock<Window>,
     next_conn: AtomicU64,
+    /// Permits for reading the log back ([`LOG_REPLAYS`]).
+    replays: Arc<tokio::sync::Semaphore>,
 }
 
 /// The subscriptions of one collection (an endpoint in a namespace).
@@ -460,6 +472,7 @@ impl Fanout {
             epoch,
             topics: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            replays: Arc::new(tokio::sync::Semaphore::new(LOG_REPLAYS)),
         });
         let task = inner.clone();
         tokio::spawn(async move {
@@ -635,6 +648,7 @@ mod tests {
             max_outbound_bytes: 1 << 20,
             max_subscriptions: 8,
             max_list_items: 100,
+            log_dir: None,
         }
     }
 

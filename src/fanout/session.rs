@@ -17,6 +17,14 @@
 //!
 //! The reply and the events share the connection's [`Outbox`], so the reply (and its
 //! snapshot) always comes before the subscription's first event.
+//!
+//! A resume from further back than the window (`from` below the window's floor: the client
+//! was away long, or the hub restarted) is read from the log instead, off the caller's task:
+//! step 2 takes the window's floor, head and events together, a blocking thread reads the
+//! log's records in `(from, floor]` ([`super::replay`]), and step 3 runs when it is done,
+//! with the gate opening at the head. Until then the fan-out holds the live frames, as for
+//! a snapshot. If the log no longer reaches back to `from` (or the events would not fit in
+//! the connection's queue) the reply says `recovered: false`, with a snapshot if asked.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +35,8 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::{event, Fanout, Outbox, Sub, PENDING};
+use super::{event, replay, Fanout, Outbox, Sub, PENDING};
+use crate::protocol::envelope::{self, ErrorReply, Framing};
 use crate::protocol::subscribe::{Subscribe, Target};
 use crate::protocol::{Encoding, ErrorCode, FlowError};
 use crate::query::{ListQuery, Page};
@@ -37,7 +46,7 @@ use crate::store::Record;
 pub struct Connection {
     fanout: Fanout,
     outbox: Arc<Outbox>,
-    subs: Mutex<HashMap<String, Arc<Sub>>>,
+    subs: Arc<Mutex<HashMap<String, Arc<Sub>>>>,
     /// For ids the hub picks (`s1`, `s2`, ...).
     next_id: AtomicU64,
 }
@@ -64,7 +73,7 @@ impl Connection {
         Connection {
             fanout,
             outbox,
-            subs: Mutex::new(HashMap::new()),
+            subs: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
         }
     }
@@ -123,6 +132,11 @@ impl Connection {
         };
         // 1. Registered, gate pending.
         self.fanout.register(&sub);
+        if let Some((job, head)) = self.log_job(&sub, &req) {
+            // 2. and 3. once the log is read, on a blocking thread.
+            self.resume_from_log(job, head, req, requestid.cloned());
+            return Ok(());
+        }
         match self.start(&sub, &req, requestid) {
             Ok((position, first)) => {
                 // 3. Reply, missed events, held events past the start; then live.
@@ -178,37 +192,10 @@ impl Connection {
             recovered = Some(position.is_some());
         }
         let mut snapshot = Snapshot::None;
-        if position.is_none() && req.snapshot {
-            let max = inner.config.max_list_items;
-            let (snap, at) = match &sub.target {
-                Target::Object(id) => {
-                    let (r, at) = store.open_at(&sub.endpoint, &sub.namespace, id);
-                    (Snapshot::Object(r), at)
-                }
-                target => {
-                    let query = ListQuery {
-                        condition: match target {
-                            Target::Query(g) => Some(g.clone()),
-                            _ => None,
-                        },
-                        sort: Vec::new(),
-                        page: Page {
-                            from: 0,
-                            size: Some(max + 1),
-                        },
-                    };
-                    let (result, at) = store.list_at(&sub.endpoint, &sub.namespace, &query);
-                    if result.items.len() > max {
-                        return Err(FlowError::too_large(format!(
-                            "the snapshot would hold more than {max} objects ({} match); subscribe without a snapshot and LIST with pagination",
-                            result.count
-                        )));
-                    }
-                    (Snapshot::List(result.items, result.count), at)
-                }
-            };
+        if position.is_none() {
+            let (snap, at) = reload(&self.fanout, sub, req)?;
             snapshot = snap;
-            position = Some(at);
+            position = at;
         }
         let position = position.unwrap_or_else(|| inner.window.read().head());
         let reply = encode_reply(
@@ -224,6 +211,92 @@ impl Connection {
         );
         frames.insert(0, (reply, 0));
         Ok((position, frames))
+    }
+
+    /// Step 2 for a resume from further back than the window: the log job and the window's
+    /// head, taken together with the window's floor and events. `None`: the window (or a
+    /// plain reload) answers.
+    fn log_job(&self, sub: &Arc<Sub>, req: &Subscribe) -> Option<(replay::Job, u64)> {
+        let inner = &self.fanout.inner;
+        let from = req.from?;
+        let log_dir = inner.config.log_dir.clone()?;
+        let same_history = req.epoch.as_deref().is_none_or(|e| e == inner.epoch);
+        if !same_history || from > self.fanout.store.last_seq() {
+            return None;
+        }
+        // The read runs on the runtime's blocking pool.
+        tokio::runtime::Handle::try_current().ok()?;
+        let w = inner.window.read();
+        if from >= w.floor() {
+            return None;
+        }
+        let job = replay::Job {
+            log_dir,
+            from,
+            floor: w.floor(),
+            window: w.since(w.floor()).unwrap_or_default(),
+            sub: sub.clone(),
+            limit: inner.config.max_outbound_bytes,
+        };
+        Some((job, w.head()))
+    }
+
+    /// Reads the missed events from the log on a blocking thread, then queues the reply and
+    /// them and opens the gate at `head`; or, when the log does not cover them, replies
+    /// `recovered: false` (with a snapshot if asked). An error (a snapshot too large) is
+    /// queued as the error reply and the subscription removed.
+    fn resume_from_log(
+        &self,
+        job: replay::Job,
+        head: u64,
+        req: Subscribe,
+        requestid: Option<Value>,
+    ) {
+        let (fanout, outbox, subs) = (self.fanout.clone(), self.outbox.clone(), self.subs.clone());
+        let sub = job.sub.clone();
+        tokio::spawn(async move {
+            let read = {
+                let _permit = fanout.inner.replays.clone().acquire_owned().await.ok();
+                tokio::task::spawn_blocking(move || replay::run(&job))
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let resumed =
+                read.and_then(|(frames, total)| outbox.reserve_all(total).then_some(frames));
+            let recovered = resumed.is_some();
+            let outcome = match resumed {
+                Some(frames) => Ok((head, Snapshot::None, frames)),
+                None => reload(&fanout, &sub, &req)
+                    .map(|(snap, at)| (at.unwrap_or(head), snap, Vec::new())),
+            };
+            match outcome {
+                Ok((position, snapshot, mut frames)) => {
+                    let reply = encode_reply(
+                        &Reply {
+                            requestid: requestid.as_ref(),
+                            subscription: &sub.id,
+                            epoch: Some(&fanout.inner.epoch),
+                            position: Some(position),
+                            recovered: Some(recovered),
+                            snapshot,
+                        },
+                        sub.encoding,
+                    );
+                    frames.insert(0, (reply, 0));
+                    sub.open(position, frames);
+                }
+                Err(e) => {
+                    let removed = {
+                        let mut subs = subs.lock();
+                        let ours = subs.get(&sub.id).is_some_and(|s| Arc::ptr_eq(s, &sub));
+                        ours.then(|| subs.remove(&sub.id)).flatten()
+                    };
+                    fanout.unregister(removed.as_ref().unwrap_or(&sub));
+                    outbox.send(error_frame(e, requestid.as_ref(), sub.encoding), 0);
+                }
+            }
+        });
     }
 
     /// Ends a subscription of this connection and queues the reply after its events.
@@ -280,6 +353,68 @@ impl Drop for Connection {
         for sub in subs {
             self.fanout.unregister(&sub);
         }
+    }
+}
+
+/// The state to reload from when nothing is resumed: a snapshot and its position if the
+/// subscribe asked for one, else nothing (the subscription starts at the window's head).
+fn reload(
+    fanout: &Fanout,
+    sub: &Sub,
+    req: &Subscribe,
+) -> Result<(Snapshot, Option<u64>), FlowError> {
+    if !req.snapshot {
+        return Ok((Snapshot::None, None));
+    }
+    let inner = &fanout.inner;
+    let store = &fanout.store;
+    let max = inner.config.max_list_items;
+    let (snap, at) = match &sub.target {
+        Target::Object(id) => {
+            let (r, at) = store.open_at(&sub.endpoint, &sub.namespace, id);
+            (Snapshot::Object(r), at)
+        }
+        target => {
+            let query = ListQuery {
+                condition: match target {
+                    Target::Query(g) => Some(g.clone()),
+                    _ => None,
+                },
+                sort: Vec::new(),
+                page: Page {
+                    from: 0,
+                    size: Some(max + 1),
+                },
+            };
+            let (result, at) = store.list_at(&sub.endpoint, &sub.namespace, &query);
+            if result.items.len() > max {
+                return Err(FlowError::too_large(format!(
+                        "the snapshot would hold more than {max} objects ({} match); subscribe without a snapshot and LIST with pagination",
+                        result.count
+                    )));
+            }
+            (Snapshot::List(result.items, result.count), at)
+        }
+    };
+    Ok((snap, Some(at)))
+}
+
+/// An error reply to a subscribe, queued after the fact (a resume from the log decides late).
+fn error_frame(e: FlowError, requestid: Option<&Value>, encoding: Encoding) -> Message {
+    let reply = ErrorReply::new(e);
+    tracing::info!(
+        errorid = %reply.errorid,
+        code = reply.code_name(),
+        message = %reply.error,
+        "subscribe refused"
+    );
+    let bytes = envelope::encode(&Err(reply), Framing::Ws { requestid }, encoding);
+    match encoding {
+        Encoding::Json => match Utf8Bytes::try_from(bytes) {
+            Ok(s) => Message::Text(s),
+            Err(_) => Message::text("{\"type\":\"reply\",\"status\":0,\"success\":false}"),
+        },
+        Encoding::MsgPack => Message::Binary(bytes),
     }
 }
 
