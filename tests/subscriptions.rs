@@ -827,3 +827,259 @@ async fn a_resume_larger_than_the_connections_queue_is_not_recovered() {
     assert_eq!(event(&mut s2).await["version"], small["version"]);
     hub.stop().await;
 }
+
+/// A hub on a data directory of the test's own, so that it can be restarted on it.
+fn disk_hub(dir: &std::path::Path, durability: &str) -> Config {
+    Config {
+        data_dir: dir.to_path_buf(),
+        durability: durability.into(),
+        ..Config::default()
+    }
+}
+
+/// The next `n` events as (kind, objectid, position, live).
+async fn events(c: &mut WsClient, n: usize) -> Vec<(String, String, u64, Option<String>)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let e = event(c).await;
+        out.push((
+            e["kind"].as_str().unwrap().to_string(),
+            e["objectid"].as_str().unwrap().to_string(),
+            e["position"].as_u64().unwrap(),
+            e["live"].as_str().map(str::to_string),
+        ));
+    }
+    out
+}
+
+async fn no_more(c: &mut WsClient) {
+    let more = tokio::time::timeout(Duration::from_millis(300), c.ws.next()).await;
+    assert!(more.is_err(), "no extra frame: {more:?}");
+}
+
+#[tokio::test]
+async fn resume_after_a_restart_is_served_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = disk_hub(dir.path(), "never");
+    let ep = "restart/thing";
+    let hub = TestHub::start_with(config.clone()).await;
+    let mut w = hub.ws().await;
+    let mut s = hub.ws().await;
+    let r = subscribe(&mut s, json!({"endpoint": ep})).await;
+    let epoch = r["epoch"].clone();
+    create(&mut w, ep, json!({"id": "a", "n": 0})).await;
+    let seen = event(&mut s).await["position"].as_u64().unwrap();
+    drop(s);
+    // Missed before the restart.
+    let b = create(&mut w, ep, json!({"id": "b"})).await;
+    let a1 = update(&mut w, ep, "a", json!({"n": 1})).await;
+    create(&mut w, "restart/other", json!({"id": "x"})).await;
+    drop(w);
+    hub.stop().await;
+
+    let hub = TestHub::start_with(config).await;
+    let mut w = hub.ws().await;
+    // Missed after it.
+    let a2 = update(&mut w, ep, "a", json!({"n": 2})).await;
+    let gone = delete(&mut w, ep, "b").await;
+    let mut s = hub.ws().await;
+    let r = subscribe(
+        &mut s,
+        json!({"subscription": "r", "endpoint": ep, "from": seen, "epoch": epoch}),
+    )
+    .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let want = [
+        ("CREATE", "b", &b),
+        ("UPDATE", "a", &a1),
+        ("UPDATE", "a", &a2),
+        ("DELETE", "b", &gone),
+    ];
+    for (kind, id, data) in want {
+        let e = event(&mut s).await;
+        assert_eq!(
+            (e["kind"].as_str(), e["objectid"].as_str()),
+            (Some(kind), Some(id)),
+            "{e}"
+        );
+        assert_eq!(
+            e["data"], *data,
+            "the state, and a DELETE's last state: {e}"
+        );
+    }
+    let live = update(&mut w, ep, "a", json!({"n": 3})).await;
+    assert_eq!(event(&mut s).await["position"], live["version"]);
+    no_more(&mut s).await;
+    drop((w, s));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn resume_from_further_back_than_the_window_is_served_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_with(Config {
+        resume_window: 3,
+        ..disk_hub(dir.path(), "never")
+    })
+    .await;
+    let ep = "far/thing";
+    let mut w = hub.ws().await;
+    create(&mut w, ep, json!({"id": "a", "n": 0, "keep": true})).await;
+    let mut s = hub.ws().await;
+    let r = subscribe(&mut s, json!({"endpoint": ep, "objectid": "a"})).await;
+    let (epoch, from) = (r["epoch"].clone(), r["position"].as_u64().unwrap());
+    drop(s);
+    let mut versions = Vec::new();
+    for i in 1..=20 {
+        versions.push(update(&mut w, ep, "a", json!({"n": i})).await["version"].clone());
+        create(&mut w, ep, json!({"n": i})).await; // another object: not for this subscription
+    }
+    let mut s = hub.ws().await;
+    let r = subscribe(
+        &mut s,
+        json!({"endpoint": ep, "objectid": "a", "from": from, "epoch": epoch, "patch": true}),
+    )
+    .await;
+    assert_eq!(r["recovered"], true, "20 changes back, a window of 3: {r}");
+    for (i, v) in versions.iter().enumerate() {
+        let e = event(&mut s).await;
+        assert_eq!(e["version"], *v);
+        assert_eq!(e["patch"], true, "the old state comes from the log: {e}");
+        assert_eq!(e["data"]["n"], i + 1);
+        assert!(
+            e["data"].get("keep").is_none(),
+            "a patch, not the object: {e}"
+        );
+    }
+    let live = update(&mut w, ep, "a", json!({"n": 99})).await;
+    assert_eq!(event(&mut s).await["version"], live["version"]);
+    no_more(&mut s).await;
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn resume_from_segments_a_snapshot_removed_is_not_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_with(Config {
+        resume_window: 10,
+        segment_bytes: 4096,
+        snapshot_min_bytes: 4096,
+        resume_log_bytes: Some(16 * 1024),
+        ..disk_hub(dir.path(), "never")
+    })
+    .await;
+    let ep = "compact/thing";
+    let mut w = hub.ws().await;
+    let mut s = hub.ws().await;
+    let r = subscribe(&mut s, json!({"endpoint": ep})).await;
+    let (epoch, from) = (r["epoch"].clone(), r["position"].as_u64().unwrap());
+    drop(s);
+    create(&mut w, ep, json!({"id": "a"})).await;
+    let pad = "p".repeat(300);
+    let mut last = 0;
+    for i in 0..300 {
+        last = update(&mut w, ep, "a", json!({"i": i, "pad": pad})).await["version"]
+            .as_u64()
+            .unwrap();
+    }
+    // Compaction runs on a thread of its own: wait until it removed the first segments.
+    let log_dir = dir.path().join("log");
+    let first_seg = || {
+        let mut names: Vec<String> = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        names[0].trim_end_matches(".seg").parse::<u64>().unwrap()
+    };
+    let t = std::time::Instant::now();
+    while first_seg() <= from + 1 {
+        assert!(t.elapsed() < WAIT, "the snapshot never compacted the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut s = hub.ws().await;
+    let r = subscribe(
+        &mut s,
+        json!({"endpoint": ep, "from": from, "epoch": epoch, "snapshot": true}),
+    )
+    .await;
+    assert_eq!(r["recovered"], false, "the log no longer reaches back: {r}");
+    assert_eq!(r["data"][0]["i"], 299, "the snapshot to reload from");
+    // Further back than the window, but within the segments kept for resuming: served.
+    let back = last - 20;
+    assert!(first_seg() <= back + 1, "the newest segments are kept");
+    let mut s2 = hub.ws().await;
+    let r = subscribe(
+        &mut s2,
+        json!({"endpoint": ep, "from": back, "epoch": epoch}),
+    )
+    .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let got = events(&mut s2, 20).await;
+    let want: Vec<u64> = (back + 1..=last).collect();
+    assert_eq!(got.iter().map(|e| e.2).collect::<Vec<_>>(), want);
+    no_more(&mut s2).await;
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_live_query_resumed_from_the_log_tells_enter_change_and_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = disk_hub(dir.path(), "always");
+    let ep = "address/address";
+    let hub = TestHub::start_with(config.clone()).await;
+    let mut w = hub.ws().await;
+    create(&mut w, ep, json!({"id": "1", "city": "Envik", "n": 1})).await;
+    create(&mut w, ep, json!({"id": "2", "city": "Oslo", "n": 1})).await;
+    let mut s = hub.ws().await;
+    let cond = json!({"items": [{"key": "city", "operator": "EQUAL", "value": "Envik"}]});
+    let r = subscribe(
+        &mut s,
+        json!({"endpoint": ep, "condition": cond, "snapshot": true}),
+    )
+    .await;
+    assert_eq!(r["count"], 1);
+    let (epoch, from) = (r["epoch"].clone(), r["position"].as_u64().unwrap());
+    drop(s);
+    create(&mut w, ep, json!({"id": "3", "city": "Envik"})).await; // enter
+    update(&mut w, ep, "1", json!({"n": 2})).await; // change
+    update(&mut w, ep, "2", json!({"n": 2})).await; // nothing
+    drop(w);
+    hub.stop().await;
+    let hub = TestHub::start_with(config).await;
+    let mut w = hub.ws().await;
+    update(&mut w, ep, "2", json!({"city": "Envik"})).await; // enter
+    update(&mut w, ep, "1", json!({"city": "Bergen"})).await; // leave
+    delete(&mut w, ep, "3").await; // leave
+    create(&mut w, ep, json!({"id": "4", "city": "Oslo"})).await; // nothing
+    let mut s = hub.ws().await;
+    let r = subscribe(
+        &mut s,
+        json!({"endpoint": ep, "condition": cond, "from": from, "epoch": epoch}),
+    )
+    .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let got: Vec<(String, String, String)> = events(&mut s, 5)
+        .await
+        .into_iter()
+        .map(|(k, id, _, live)| (k, id, live.unwrap()))
+        .collect();
+    let want = [
+        ("CREATE", "3", "enter"),
+        ("UPDATE", "1", "change"),
+        ("UPDATE", "2", "enter"),
+        ("UPDATE", "1", "leave"),
+        ("DELETE", "3", "leave"),
+    ]
+    .map(|(k, id, l)| (k.to_string(), id.to_string(), l.to_string()));
+    assert_eq!(got, want);
+    update(&mut w, ep, "4", json!({"city": "Envik"})).await;
+    let e = event(&mut s).await;
+    assert_eq!(
+        (e["objectid"].as_str(), e["live"].as_str()),
+        (Some("4"), Some("enter"))
+    );
+    no_more(&mut s).await;
+    hub.stop().await;
+}
