@@ -6,7 +6,8 @@
 //! window is complete: every event with a greater position is in it. At start the window is
 //! empty and complete from the last position the log holds, so a client that saw everything
 //! before a restart resumes with nothing missed; a client that is further behind than the
-//! window (or the restart) reaches is told `recovered: false`.
+//! window (or the restart) reaches is served from the log ([`super::replay`]), or told
+//! `recovered: false` when the log no longer reaches back either.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
