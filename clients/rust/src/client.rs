@@ -199,9 +199,9 @@ impl Client {
     /// the events missed meanwhile come first, with none lost and none twice (events are
     /// deduplicated by position). If the hub cannot do that — a hub with a new data directory
     /// (another epoch), or a gap older than its resume window — the subscription yields
-    /// [`SubscriptionItem::Reset`], with the current state when [`Subscribe::snapshot`] was
+    /// [`SubscriptionItem::Reset`](crate::SubscriptionItem::Reset), with the current state when [`Subscribe::snapshot`] was
     /// asked: the application must reload. If the hub refuses the subscription on the new
-    /// connection, it yields [`SubscriptionItem::Ended`] and ends.
+    /// connection, it yields [`SubscriptionItem::Ended`](crate::SubscriptionItem::Ended) and ends.
     ///
     /// **Bounds.** At most [`Subscribe::buffer`] events wait for the application. If one more
     /// comes, the client takes the subscription off the hub (the events from there on are

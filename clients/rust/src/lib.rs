@@ -9,6 +9,9 @@
 //! - **provide** endpoints: calls to them, made by anyone over WebSocket or HTTP, are routed
 //!   to async handlers in this process ([`Client::provide`], [`Invocation`], [`Answer`]);
 //! - **publish** changes to objects it keeps in its own store ([`Client::publish`]);
+//! - **subscribe** to an object, an endpoint or a live query and receive every change once,
+//!   in order, resumed without loss after a reconnect ([`Client::subscribe`],
+//!   [`Subscribe`], [`Subscription`]);
 //! - survive a hub restart or a broken network: it reconnects with capped, jittered
 //!   exponential backoff and provides its endpoints again.
 //!
