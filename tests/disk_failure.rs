@@ -138,6 +138,7 @@ async fn call(
                     .collect(),
             ),
             Data::Value(v) => v,
+            Data::Json(j) => serde_json::from_str(j.get()).unwrap(),
             Data::None => Value::Null,
         }),
         Err(e) => Err(e.error.code),
