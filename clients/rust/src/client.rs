@@ -198,17 +198,19 @@ impl Client {
     /// subscribes again with the position of the last event it queued and the hub's epoch, so
     /// the events missed meanwhile come first, with none lost and none twice (events are
     /// deduplicated by position). If the hub cannot do that — a hub with a new data directory
-    /// (another epoch), or a gap older than its resume window — the subscription yields
-    /// [`SubscriptionItem::Reset`](crate::SubscriptionItem::Reset), with the current state when [`Subscribe::snapshot`] was
-    /// asked: the application must reload. If the hub refuses the subscription on the new
-    /// connection, it yields [`SubscriptionItem::Ended`](crate::SubscriptionItem::Ended) and ends.
+    /// (another epoch), a gap older than the log it keeps, or more than fits its outbound
+    /// queue at once (SPEC 12.5) — the subscription yields
+    /// [`SubscriptionItem::Reset`](crate::SubscriptionItem::Reset), with the current state
+    /// when [`Subscribe::snapshot`] was asked: the application must reload. If the hub refuses
+    /// the subscription on the new connection, it yields
+    /// [`SubscriptionItem::Ended`](crate::SubscriptionItem::Ended) and ends.
     ///
     /// **Bounds.** At most [`Subscribe::buffer`] events wait for the application. If one more
     /// comes, the client takes the subscription off the hub (the events from there on are
     /// not kept), and subscribes again from the last buffered position as soon as the
     /// application has read the buffer empty: the hub replays what was skipped, so a slow
-    /// reader loses nothing and the client's memory stays bounded (a reader that falls behind
-    /// the hub's resume window gets a `Reset`). The socket is never held up by a slow reader,
+    /// reader loses nothing and the client's memory stays bounded (a reader so far behind that
+    /// the hub cannot replay the gap gets a `Reset`). The socket is never held up by a slow reader,
     /// so calls and other subscriptions keep flowing.
     ///
     /// Errors: the hub's refusal ([`Error::Hub`], e.g. `INVALID_PARAMETERS` for a bad

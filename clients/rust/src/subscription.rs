@@ -244,8 +244,8 @@ pub enum SubscriptionItem {
     /// A change, in commit order, each one once.
     Event(Event),
     /// The hub could not resume the subscription where the application left off (another
-    /// epoch — a hub with a new or wiped data directory —, a gap older than the hub's resume
-    /// window, or too much missed at once): changes were missed, and the application must
+    /// epoch — a hub with a new or wiped data directory —, a gap older than the log the hub
+    /// keeps, or too much missed at once): changes were missed, and the application must
     /// reload its state. Events buffered before it were dropped (they describe the state being
     /// replaced); the events that follow start after `position`. With
     /// [`Subscribe::snapshot`] the state comes with it.
