@@ -1059,3 +1059,66 @@ async fn subscriptions_carry_the_clients_credentials() {
     assert_eq!(err.errorcode(), Some("UNAUTHORIZED"), "{err}");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_continues_where_an_earlier_subscription_stopped() {
+    let hub = TestHub::start().await;
+    let first = client(&hub).await;
+    let mut sub = first
+        .subscribe(Subscribe::endpoint("address/address"))
+        .await
+        .unwrap();
+    first
+        .call(Call::create("address/address", json!({"id": "a"})))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut sub).await.objectid, "a");
+    let (position, epoch) = (sub.position(), sub.epoch().to_string());
+    sub.unsubscribe().await.unwrap();
+    for id in ["b", "c"] {
+        first
+            .call(Call::create("address/address", json!({"id": id})))
+            .await
+            .unwrap();
+    }
+
+    // Another process continues from the position it kept.
+    let later = client(&hub).await;
+    let mut resumed = later
+        .subscribe(Subscribe::endpoint("address/address").resume_from(position, epoch.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(resumed.recovered(), Some(true));
+    assert_eq!(resumed.position(), position);
+    assert_eq!(
+        events(&mut resumed, 2).await,
+        vec![
+            (ChangeKind::Create, "b".to_string()),
+            (ChangeKind::Create, "c".to_string())
+        ]
+    );
+
+    // A position of another history cannot be continued: a reset, with the snapshot.
+    let mut elsewhere = later
+        .subscribe(
+            Subscribe::endpoint("address/address")
+                .snapshot(true)
+                .resume_from(position, "another-epoch"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.recovered(), Some(false));
+    match next_item(&mut elsewhere).await {
+        SubscriptionItem::Reset {
+            epoch: now,
+            snapshot,
+            ..
+        } => {
+            assert_eq!(now, epoch);
+            assert_eq!(snapshot.unwrap().count, Some(3));
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    later.close().await;
+    hub.stop().await;
+}
