@@ -86,8 +86,8 @@ impl Connection {
         requestid: Option<&Value>,
         encoding: Encoding,
     ) -> Result<(), FlowError> {
-        // Authorization: the token is accepted and not checked yet, as for calls; the auth
-        // engine checks a subscription like a LIST (endpoint, or query) or an OPEN (object).
+        // Authorization happened before: the WebSocket session asks the auth engine whether
+        // the caller's roles grant `subscribe` on this endpoint and namespace.
         let inner = &self.fanout.inner;
         let sub = {
             let mut subs = self.subs.lock();
