@@ -287,17 +287,6 @@ impl Router {
             .is_some_and(|e| e.providers.iter().any(|s| s.link.connection == connection))
     }
 
-    /// Whether some provider serves `method` on `endpoint`. Cheap when nothing is provided.
-    pub fn serves(&self, endpoint: &str, method: Method) -> bool {
-        if self.inner.provided.load(Ordering::Acquire) == 0 {
-            return false;
-        }
-        let endpoints = self.inner.endpoints.read();
-        endpoints
-            .get(endpoint)
-            .is_some_and(|e| e.providers.iter().any(|s| s.methods.contains(method)))
-    }
-
     /// Every provided endpoint, sorted by name.
     pub fn endpoints(&self) -> Vec<ProvidedEndpoint> {
         let endpoints = self.inner.endpoints.read();

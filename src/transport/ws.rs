@@ -393,7 +393,12 @@ where
         // goes on to the caller as the text it is. Anything else takes the general path.
         if let Some((requestid, callid, answer)) = text
             .as_ref()
-            .filter(|t| t.as_str().contains("\"result\""))
+            // Result frames name their type early; a frame that does not is read the
+            // general way, so large frames are not scanned end to end here.
+            .filter(|t| {
+                let head = &t.as_bytes()[..t.len().min(128)];
+                head.windows(8).any(|w| w == b"\"result\"")
+            })
             .and_then(|t| parse_result_text(t.as_str(), hub.config.max_depth))
         {
             let router = hub.dispatcher.router();
