@@ -606,6 +606,25 @@ export class FlowhubClient {
     return reply.data;
   }
 
+  /**
+   * Announces a change of an object this provider keeps itself (SPEC 11.7); resolves with the
+   * reply's data (`position`: the change's place in the hub's change sequence).
+   */
+  async publish(
+    kind: "CREATE" | "UPDATE" | "DELETE",
+    endpoint: string,
+    objectid: string,
+    data?: unknown,
+    options: { namespace?: string; token?: string } = {},
+  ): Promise<{ endpoint: string; namespace: string; objectid: string; position: number }> {
+    const f: Record<string, unknown> = { type: "publish", endpoint, objectid, kind, namespace: options.namespace ?? "" };
+    if (data !== undefined) f.data = data;
+    if (options.token !== undefined) f.token = options.token;
+    const reply = await this.request(f, this.opts.callTimeout);
+    if (!reply.success) throw new FlowhubError("hub", reply.message, reply);
+    return reply.data;
+  }
+
   async unprovide(endpoint: string): Promise<void> {
     this.provides.delete(endpoint);
     const reply = await this.request({ type: "unprovide", endpoint }, this.opts.callTimeout);

@@ -99,6 +99,15 @@ test("RUN without a provider is NO_PROVIDER; provide answers data, errors and re
     const rejected = await c.call(ep, "RUN", { objectid: "d1", data: { action: "?" } });
     assert.equal(rejected.errorcode, "NO_PROVIDER");
     assert.match(rejected.message, /not mine/);
+
+    const seen = [];
+    await c.subscribe({ endpoint: ep, namespace: "" }, { onEvent: (e) => seen.push(e) });
+    const pub = await p.publish("UPDATE", ep, "d1", { id: "d1", status: "rebooting" });
+    assert.equal(typeof pub.position, "number");
+    await until(() => seen.length === 1, 5000, "published change");
+    assert.equal(seen[0].data.status, "rebooting");
+    assert.equal(seen[0].position, pub.position);
+    await assert.rejects(c.publish("UPDATE", ep, "d1", { id: "d1" }), (e) => e.errorcode === "FORBIDDEN");
   } finally {
     c.close();
     p.close();
@@ -173,7 +182,9 @@ test("object subscription and live query: enter, change, leave", async () => {
 
 test("calls while offline fail fast; resume after a hub restart delivers the missed events once", async () => {
   const states = [];
-  const c = await FlowhubClient.connect({ url: hub.url, backoffInitial: 50, backoffMax: 500, onStateChange: (s) => states.push(s) });
+  // The subscriber comes back 1-2 s after the drop, the writer at once: the writes below
+  // happen while the subscriber is away.
+  const c = await FlowhubClient.connect({ url: hub.url, backoffInitial: 2000, backoffMax: 2000, onStateChange: (s) => states.push(s) });
   const w = await FlowhubClient.connect({ url: hub.url, backoffInitial: 50, backoffMax: 500 });
   try {
     const ns = freshNs();
@@ -197,6 +208,8 @@ test("calls while offline fail fast; resume after a hub restart delivers the mis
     // The writer reconnects first on its own and writes while the subscriber may still be away.
     await w.waitConnected(10000);
     for (let i = 5; i < 10; i++) await w.create(EP, { id: "r" + i }, { namespace: ns });
+    assert.notEqual(c.state, "connected", "the subscriber was away during the writes");
+    assert.equal(events.length, 5);
     await c.waitConnected(10000);
     await until(() => events.length === 10, 10000, "10 events after resume");
     await w.create(EP, { id: "r10" }, { namespace: ns });
