@@ -123,7 +123,9 @@ export function normalizeUrl(url: string): string {
 async function defaultWebSocket(): Promise<WebSocketConstructor> {
   const g = (globalThis as any).WebSocket;
   if (typeof g === "function") return g as WebSocketConstructor;
-  const mod: any = await import("ws");
+  // A computed specifier: bundlers leave it alone, so the browser build carries no `ws`.
+  const name = "ws";
+  const mod: any = await import(/* @vite-ignore */ /* webpackIgnore: true */ name);
   return (mod.WebSocket ?? mod.default) as WebSocketConstructor;
 }
 

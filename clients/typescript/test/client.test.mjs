@@ -297,3 +297,18 @@ test("live collection without a sort key orders by id and survives a hub restart
     c.close();
   }
 });
+
+test("the browser bundle works with a given WebSocket and carries no ws", async () => {
+  const { readFileSync } = await import("node:fs");
+  const src = readFileSync(new URL("../dist/flowhub.browser.js", import.meta.url), "utf8");
+  assert.doesNotMatch(src, /from\s*["']ws["']|require\(["']ws["']\)/);
+  const { WebSocket } = await import("ws");
+  const b = await import("../dist/flowhub.browser.js");
+  const c = await b.FlowhubClient.connect({ url: hub.url, WebSocket });
+  try {
+    const r = await c.call(EP, "CREATE", { namespace: freshNs(), data: { city: "Envik" } });
+    assert.equal(r.success, true);
+  } finally {
+    c.close();
+  }
+});
