@@ -207,7 +207,8 @@ impl Config {
                 "AUTH" => self.auth.mode = v,
                 "ADMIN_USER" => self.auth.admin_user = v,
                 "ADMIN_PASSWORD" => {
-                    self.auth.admin_password = (!v.is_empty()).then_some(crate::auth::Secret(v))
+                    self.auth.admin_password =
+                        (!v.is_empty()).then_some(crate::protocol::request::Secret(v))
                 }
                 "TOKEN_LIFETIME_S" => self.auth.token_lifetime_s = num(&key, &v)?,
                 "AUTH_TIMEOUT_MS" => self.auth.auth_timeout_ms = num(&key, &v)?,

@@ -11,22 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::rules::Role;
 
-/// A string that must never be printed: `Debug` shows `<hidden>`, serializing writes nothing.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<hidden>")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<hidden>")
-    }
-}
+pub use crate::protocol::request::Secret;
 
 /// The authentication settings (`[auth]` in the file; `auth = "none"` is short for
 /// `[auth] mode = "none"`).

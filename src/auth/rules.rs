@@ -197,7 +197,7 @@ impl Rules {
         if who.roles.iter().any(|r| r == ADMIN) {
             return true;
         }
-        if crate::router::is_reserved(endpoint) && endpoint != "hub/endpoint" {
+        if crate::protocol::request::is_reserved(endpoint) && endpoint != "hub/endpoint" {
             return false;
         }
         who.roles.iter().any(|r| {

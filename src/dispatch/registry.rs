@@ -61,9 +61,7 @@ impl EndpointInfo {
 }
 
 /// The HTTP application of a hub-stored endpoint: its first segment.
-pub fn stored_application(endpoint: &str) -> &str {
-    endpoint.split('/').next().unwrap_or(endpoint)
-}
+pub use crate::protocol::request::default_application as stored_application;
 
 /// The registry, over the store's endpoints and the router's.
 #[derive(Clone)]
@@ -129,7 +127,8 @@ impl Registry {
         for e in self.store.endpoints() {
             // The authentication engine keeps its state under reserved names: not endpoints
             // anybody can call.
-            if crate::router::is_reserved(&e) || provided.iter().any(|p| p.endpoint == e) {
+            if crate::protocol::request::is_reserved(&e) || provided.iter().any(|p| p.endpoint == e)
+            {
                 continue;
             }
             all.push(EndpointInfo {

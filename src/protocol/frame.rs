@@ -75,7 +75,7 @@ pub enum Login {
     /// A user name and password: the hub issues a token and returns it.
     Password {
         username: String,
-        password: crate::auth::Secret,
+        password: super::request::Secret,
     },
 }
 
@@ -216,7 +216,7 @@ pub fn parse_frame(value: Value) -> Result<Frame, FlowError> {
                 (Some(t), None, None) => Login::Token(t),
                 (None, Some(username), Some(password)) => Login::Password {
                     username,
-                    password: crate::auth::Secret(password),
+                    password: super::request::Secret(password),
                 },
                 _ => {
                     return Err(FlowError::invalid(

@@ -5,6 +5,8 @@
 
 use serde_json::Value;
 
+use serde::{Deserialize, Serialize};
+
 use super::error::FlowError;
 
 /// The seven methods of the Flow API.
@@ -71,6 +73,38 @@ impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A string that must never be printed: `Debug` shows `<hidden>`, serializing writes nothing.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<hidden>")
+    }
+}
+
+/// Endpoint names under these prefixes are the hub's own: they cannot be provided, and the
+/// record store keeps none of them for normal calls.
+pub const RESERVED: [&str; 2] = ["hub/", "auth/"];
+
+/// Whether an endpoint name is reserved for the hub's own endpoints.
+pub fn is_reserved(endpoint: &str) -> bool {
+    RESERVED.iter().any(|p| endpoint.starts_with(p))
+}
+
+/// The HTTP application of an endpoint nobody declared one for: its first segment
+/// (`address/address` is served under `/api/address/...`).
+pub fn default_application(endpoint: &str) -> &str {
+    endpoint.split('/').next().unwrap_or(endpoint)
 }
 
 /// Longest endpoint name accepted, in bytes.

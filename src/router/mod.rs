@@ -39,13 +39,7 @@ type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 /// Most endpoints one connection may provide.
 pub const MAX_PROVIDED: usize = 1024;
 
-/// Endpoint names under these prefixes are the hub's own and cannot be provided.
-pub const RESERVED: [&str; 2] = ["hub/", "auth/"];
-
-/// Whether an endpoint name is reserved for the hub's own endpoints.
-pub fn is_reserved(endpoint: &str) -> bool {
-    RESERVED.iter().any(|p| endpoint.starts_with(p))
-}
+pub use crate::protocol::request::{is_reserved, RESERVED};
 
 /// Where a provider's frames go: the outbound queue of its connection.
 pub trait Outbox: Send + Sync {
@@ -329,7 +323,7 @@ impl Router {
         let application: Arc<str> = p
             .application
             .as_deref()
-            .unwrap_or_else(|| crate::dispatch::registry::stored_application(&p.endpoint))
+            .unwrap_or_else(|| crate::protocol::request::default_application(&p.endpoint))
             .into();
         let mut endpoints = self.inner.endpoints.write();
         let already = endpoints.get(&p.endpoint).is_some_and(|e| {
