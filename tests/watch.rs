@@ -24,11 +24,16 @@ fn watch(hub: &TestHub, args: &[&str]) -> Watch {
 }
 
 fn watch_as(hub: &TestHub, args: &[&str], env: &[(&str, &str)]) -> Watch {
+    spawn_watch(&hub.ws_url(), args, env)
+}
+
+/// Starts `flowhub watch ARGS` against `url` with only `env` in its environment.
+fn spawn_watch(url: &str, args: &[&str], env: &[(&str, &str)]) -> Watch {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowhub"))
         .arg("watch")
         .args(args)
         .env_clear()
-        .env("FLOWHUB_URL", hub.ws_url())
+        .env("FLOWHUB_URL", url)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -270,23 +275,11 @@ async fn watch_resumes_across_a_hub_restart() {
     let (mut hub, addr) = serve(dir.path(), "127.0.0.1:0");
     // The endpoint exists before the watch starts.
     let a = create_at(addr, "a").await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhub"))
-        .args(["watch", "restart/thing", "--count", "2"])
-        .env_clear()
-        .env("FLOWHUB_URL", format!("ws://{addr}/ws"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
+    let Watch { child, stderr: rx } = spawn_watch(
+        &format!("ws://{addr}/ws"),
+        &["restart/thing", "--count", "2"],
+        &[],
+    );
     let wait_for = |what: &str| {
         let line = rx
             .recv_timeout(Duration::from_secs(30))

@@ -29,16 +29,7 @@ pub fn locate() -> Result<PathBuf, String> {
 
 /// `nats-server --version`, e.g. `2.9.10`.
 pub fn version(bin: &Path) -> String {
-    Command::new(bin)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| {
-            s.split_whitespace()
-                .find_map(|w| w.strip_prefix('v').map(str::to_string))
-        })
-        .unwrap_or_else(|| "?".into())
+    system::version(bin, "v")
 }
 
 /// A running `nats-server`.

@@ -2,7 +2,7 @@
 //! packages when the bench runs as root with apt. A peer that cannot be had is skipped with the
 //! reason, never faked.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The first `name` on `PATH` or in the usual system directories.
@@ -85,4 +85,19 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// A server's version from its `--version` output: the first word that starts with
+/// `prefix`, without it (`v` for `nats-server`, `v=` for `redis-server`); `?` if none.
+pub fn version(bin: &Path, prefix: &str) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| {
+            s.split_whitespace()
+                .find_map(|w| w.strip_prefix(prefix).map(str::to_string))
+        })
+        .unwrap_or_else(|| "?".into())
 }
