@@ -28,6 +28,10 @@ pub struct Config {
     pub fsync_interval_ms: u64,
     /// A log segment file is closed and a new one started past this size.
     pub segment_bytes: u64,
+    /// Under `durability = "always"`, log segments are written full of zeros ahead of time
+    /// (one spare segment in the background), so that an fsync writes the data alone.
+    /// `FLOWHUB_PREALLOCATE`.
+    pub preallocate: bool,
     /// A snapshot is taken once the log written since the last one is at least this large
     /// and at least as large as that snapshot; the segments it covers are then removed.
     pub snapshot_min_bytes: u64,
@@ -96,6 +100,7 @@ impl Default for Config {
             durability: "always".into(),
             fsync_interval_ms: 100,
             segment_bytes: 64 << 20,
+            preallocate: true,
             snapshot_min_bytes: 64 << 20,
             log: "info".into(),
             log_format: "text".into(),
@@ -190,6 +195,12 @@ impl Config {
                 "DURABILITY" => self.durability = v,
                 "FSYNC_INTERVAL_MS" => self.fsync_interval_ms = num(&key, &v)?,
                 "SEGMENT_BYTES" => self.segment_bytes = num(&key, &v)?,
+                "PREALLOCATE" => {
+                    self.preallocate = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("{key}={v:?} is not true or false"))?
+                }
                 "SNAPSHOT_MIN_BYTES" => self.snapshot_min_bytes = num(&key, &v)?,
                 "LOG" => self.log = v,
                 "LOG_FORMAT" => self.log_format = v,
