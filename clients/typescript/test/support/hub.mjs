@@ -19,9 +19,13 @@ export function hubBinary() {
   return join(root, "target/release/flowhub");
 }
 
-/** A hub on a free port (or `listen`), in `dataDir` (default: a fresh temp dir). */
+/**
+ * A hub on a free port (or `listen`), in `dataDir` (default: a fresh temp dir). `env` adds to
+ * or replaces the settings below (e.g. `FLOWHUB_AUTH: "on"` for a hub that authenticates).
+ */
 export class Hub {
-  constructor() {
+  constructor({ env = {} } = {}) {
+    this.env = env;
     this.dataDir = mkdtempSync(join(tmpdir(), "flowhub-ts-"));
     this.addr = undefined;
     this.proc = undefined;
@@ -38,6 +42,7 @@ export class Hub {
         FLOWHUB_DATA_DIR: this.dataDir,
         FLOWHUB_LISTEN: listen,
         FLOWHUB_LOG_FORMAT: "json",
+        ...this.env,
       },
       stdio: ["ignore", "ignore", "pipe"],
     });
@@ -70,9 +75,18 @@ export class Hub {
     this.proc = undefined;
     await new Promise((resolve) => {
       p.on("exit", resolve);
+      p.kill("SIGCONT"); // in case a test froze it
       p.kill("SIGTERM");
       setTimeout(() => p.kill("SIGKILL"), 10000).unref();
     });
+  }
+  /** Freezes the hub (SIGSTOP): its sockets stay open but nothing answers. */
+  freeze() {
+    this.proc.kill("SIGSTOP");
+  }
+  /** Lets a frozen hub run on (SIGCONT). */
+  thaw() {
+    this.proc.kill("SIGCONT");
   }
   /** Stops and starts again on the same data directory and address. */
   async restart() {
