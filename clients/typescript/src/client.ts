@@ -656,7 +656,7 @@ export class FlowhubClient {
         reply = await this.request(frame, Math.max(1, left));
       } catch (err) {
         // Dropped between the state change and the send: nothing went out, wait again.
-        if (waitOnline && (err as FlowhubError).kind === "offline" && this._state !== "closed") continue;
+        if (waitOnline && (err as FlowhubError).kind === "offline" && (this._state as ConnectionState) !== "closed") continue;
         throw err;
       }
       const { type: _t, requestid: _r, ...env } = reply;
