@@ -485,7 +485,8 @@ export class FlowhubClient {
   private async logIn(): Promise<void> {
     const held = this.token ?? this.opts.token;
     const hasPassword = this.opts.username !== undefined;
-    if (held && !(hasPassword && this.tokenExpiresAt !== undefined && this.tokenExpiresAt <= Date.now())) {
+    // A token past its renewal time would expire before long: the password gets a fresh one.
+    if (held && !(hasPassword && this.renewDue() <= Date.now())) {
       const reply = await this.request({ type: "login", token: held }, this.opts.connectTimeout);
       if (reply.success) {
         this.token = held;
@@ -531,13 +532,18 @@ export class FlowhubClient {
     this.scheduleRenewal();
   }
 
+  /** When the held token is due for renewal (local clock); Infinity when its lifetime is not known. */
+  private renewDue(): number {
+    if (this.tokenExpiresAt === undefined) return Infinity;
+    const share = Math.min(0.95, Math.max(0.05, Number(this.opts.tokenRenewAt) || 0.75));
+    return this.tokenReceivedAt + (this.tokenExpiresAt - this.tokenReceivedAt) * share;
+  }
+
   private scheduleRenewal() {
     clearTimeout(this.renewTimer);
     this.renewTimer = undefined;
     if (this.tokenExpiresAt === undefined || this.opts.username === undefined) return;
-    const share = Math.min(0.95, Math.max(0.05, Number(this.opts.tokenRenewAt) || 0.75));
-    const lifetime = this.tokenExpiresAt - this.tokenReceivedAt;
-    const delay = Math.min(0x7fffffff, Math.max(500, this.tokenReceivedAt + lifetime * share - Date.now()));
+    const delay = Math.min(0x7fffffff, Math.max(500, this.renewDue() - Date.now()));
     // The timer belongs to this connection: a reconnect logs in again and schedules anew.
     const ws = this.ws;
     this.renewTimer = setTimeout(() => {

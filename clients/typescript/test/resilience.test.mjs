@@ -179,3 +179,18 @@ test("a token the hub rejects is replaced by a password login; a wrong password 
     (e) => e instanceof FlowhubError && e.errorcode === "UNAUTHORIZED",
   );
 });
+
+test("a reconnect logs in with the token the client holds: after a hub restart it is the same token", async () => {
+  // Tokens of the default lifetime (24 h), kept across the restart in the data directory.
+  const hub = await startHub({ FLOWHUB_AUTH: "on", FLOWHUB_ADMIN_USER: ADMIN.username, FLOWHUB_ADMIN_PASSWORD: ADMIN.password });
+  const c = await connect({ url: hub.url, ...ADMIN, ...fast });
+  const token = c.token;
+  const ns = freshNs();
+  await c.create(EP, { id: "kept" }, { namespace: ns });
+  await hub.restart();
+  await until(() => c.state === "connected" && c.connectionNumber >= 2, 20000, "the client to reconnect");
+  assert.equal(c.token, token);
+  assert.equal((await c.open(EP, "kept", { namespace: ns })).id, "kept");
+  const tokens = await c.list("auth/token");
+  assert.equal(tokens.count, 1, "no second token was issued");
+});
