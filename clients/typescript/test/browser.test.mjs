@@ -158,7 +158,7 @@ test("the live table over MessagePack in the browser; a frozen hub is noticed by
   await wait(async () => (await ids(page)).join() === "m2,m1", "a live row");
   assert.deepEqual((await rows(page))[0], ["m2", "Övre Åkerallén", "4", city]);
 
-  hub.freeze();
+  await hub.freeze();
   try {
     await wait(async () => (await state(page)) === "reconnecting", "the page notices the frozen hub", 20000);
   } finally {

@@ -6,7 +6,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { FlowhubClient, FlowhubError } from "../dist/index.js";
-import { Hub, until, freshNs, sleep } from "./support/hub.mjs";
+import { Hub, until, freshNs, sleep, secureEnv } from "./support/hub.mjs";
 
 const EP = "address/address";
 const hubs = [];
@@ -29,7 +29,7 @@ const fast = { backoffInitial: 50, backoffMax: 300 };
 
 test("heartbeat: a frozen hub is noticed, calls in flight fail, and after it runs again the subscription resumes", async () => {
   const hub = await startHub();
-  const c = await connect({ url: hub.url, ...fast, heartbeatMs: 300, heartbeatTimeout: 1500, connectTimeout: 2000 });
+  const c = await connect({ url: hub.url, ...fast, heartbeatMs: 300, heartbeatTimeout: 3000, connectTimeout: 3000 });
   const w = await connect({ url: hub.url, heartbeatMs: 0 });
   const ns = freshNs();
   const seen = [];
@@ -42,7 +42,7 @@ test("heartbeat: a frozen hub is noticed, calls in flight fail, and after it run
   assert.equal(c.state, "connected");
   assert.equal(c.connectionNumber, 1);
 
-  hub.freeze();
+  await hub.freeze();
   try {
     // The call's own deadline is 30 s; the dead link is found long before.
     await assert.rejects(
@@ -101,23 +101,20 @@ test("offline calls fail at once by default, or wait for the connection with wai
 });
 
 const ADMIN = { username: "admin", password: "a long test passphrase" };
+// Logins on a busy machine against a debug build of the hub may be slow: a generous attempt.
+const patient = { ...fast, connectTimeout: 30000 };
 let secure;
 async function secureHub() {
   // Tokens live 4 s: the renewal must happen within a test's span.
-  secure ??= await startHub({
-    FLOWHUB_AUTH: "on",
-    FLOWHUB_ADMIN_USER: ADMIN.username,
-    FLOWHUB_ADMIN_PASSWORD: ADMIN.password,
-    FLOWHUB_TOKEN_LIFETIME_S: "4",
-  });
+  secure ??= await startHub(secureEnv(ADMIN, { FLOWHUB_TOKEN_LIFETIME_S: "4" }));
   return secure;
 }
 
 test("a token issued for a password is renewed before it expires: the connection and its subscription last", async () => {
   const hub = await secureHub();
   // Renewed at half the lifetime: 2 s of margin on a busy machine.
-  const c = await connect({ url: hub.url, ...ADMIN, ...fast, tokenRenewAt: 0.5 });
-  const w = await connect({ url: hub.url, ...ADMIN, ...fast, tokenRenewAt: 0.5 });
+  const c = await connect({ url: hub.url, ...ADMIN, ...patient, tokenRenewAt: 0.5 });
+  const w = await connect({ url: hub.url, ...ADMIN, ...patient, tokenRenewAt: 0.5 });
   const first = c.token;
   assert.match(first, /^fh1_/);
   const ns = freshNs();
@@ -142,8 +139,8 @@ test("a token issued for a password is renewed before it expires: the connection
 
 test("a revoked token: the hub closes the connection, the client logs in with the password again and resumes", async () => {
   const hub = await secureHub();
-  const c = await connect({ url: hub.url, ...ADMIN, ...fast });
-  const admin = await connect({ url: hub.url, ...ADMIN, ...fast });
+  const c = await connect({ url: hub.url, ...ADMIN, ...patient });
+  const admin = await connect({ url: hub.url, ...ADMIN, ...patient });
   const ns = freshNs();
   const seen = [];
   await c.subscribe({ endpoint: EP, namespace: ns }, { onEvent: (e) => seen.push(e.objectid) });
@@ -165,25 +162,25 @@ test("a revoked token: the hub closes the connection, the client logs in with th
 test("a token the hub rejects is replaced by a password login; a wrong password fails the connect", async () => {
   const hub = await secureHub();
   const bogus = "fh1_" + "A".repeat(43);
-  const c = await connect({ url: hub.url, token: bogus, ...ADMIN, ...fast });
+  const c = await connect({ url: hub.url, token: bogus, ...ADMIN, ...patient });
   assert.match(c.token, /^fh1_/);
   assert.notEqual(c.token, bogus);
   assert.equal((await c.open("auth/token", "current")).user, "admin");
 
   await assert.rejects(
-    FlowhubClient.connect({ url: hub.url, token: bogus }),
+    FlowhubClient.connect({ url: hub.url, token: bogus, connectTimeout: 30000 }),
     (e) => e instanceof FlowhubError && e.errorcode === "UNAUTHORIZED",
   );
   await assert.rejects(
-    FlowhubClient.connect({ url: hub.url, username: "admin", password: "not the password" }),
+    FlowhubClient.connect({ url: hub.url, username: "admin", password: "not the password", connectTimeout: 30000 }),
     (e) => e instanceof FlowhubError && e.errorcode === "UNAUTHORIZED",
   );
 });
 
 test("a reconnect logs in with the token the client holds: after a hub restart it is the same token", async () => {
   // Tokens of the default lifetime (24 h), kept across the restart in the data directory.
-  const hub = await startHub({ FLOWHUB_AUTH: "on", FLOWHUB_ADMIN_USER: ADMIN.username, FLOWHUB_ADMIN_PASSWORD: ADMIN.password });
-  const c = await connect({ url: hub.url, ...ADMIN, ...fast });
+  const hub = await startHub(secureEnv(ADMIN));
+  const c = await connect({ url: hub.url, ...ADMIN, ...patient });
   const token = c.token;
   const ns = freshNs();
   await c.create(EP, { id: "kept" }, { namespace: ns });
