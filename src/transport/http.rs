@@ -33,9 +33,10 @@ use serde_json::Value;
 
 use super::Hub;
 use crate::dispatch::log_error;
+use crate::limits::{breach, Limit};
 use crate::protocol::frame::decode;
 use crate::protocol::params::normalize;
-use crate::protocol::{encode, Encoding, FlowError, Framing, Method, Outcome, Request};
+use crate::protocol::{encode, Encoding, ErrorCode, FlowError, Framing, Method, Outcome, Request};
 
 const MSGPACK: &str = "application/msgpack";
 
@@ -60,6 +61,27 @@ pub fn error_response(
 ) -> Response<Full<Bytes>> {
     let outcome: Outcome = Err(log_error(error, None, endpoint));
     outcome_response(&outcome, encoding)
+}
+
+/// `429 RATE_LIMITED` for a request on a connection refused because its address holds
+/// `max_connections_per_address` already; the connection closes after it.
+pub fn too_many_connections(hub: &Hub, path: &str) -> Response<Full<Bytes>> {
+    let mut r = error_response(
+        FlowError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many connections from this address: it holds {} already (max_connections_per_address); retry once one has closed",
+                hub.config.max_connections_per_address
+            ),
+        ),
+        path,
+        Encoding::Json,
+    );
+    r.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// `404` for paths outside `/api`, `/ws` and the operational endpoints.
@@ -160,6 +182,7 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
+                breach(Limit::MaxBodyBytes);
                 FlowError::too_large(format!(
                     "request body is larger than {} bytes",
                     hub.config.max_body_bytes
@@ -170,6 +193,7 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
             return error_response(err, &request.endpoint, reply_encoding);
         }
         Err(_) => {
+            breach(Limit::HandshakeTimeout);
             let err = FlowError::invalid(format!(
                 "request body did not arrive within {} ms",
                 hub.config.handshake_timeout_ms
