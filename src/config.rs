@@ -48,6 +48,9 @@ pub struct Config {
     /// further one is refused (HTTP 429, or close 1013 after a WebSocket upgrade). 0: no
     /// limit. Behind a reverse proxy every client has the proxy's address.
     pub max_connections_per_address: usize,
+    /// HTTP requests one client address may send per second (as many at once); more get
+    /// `RATE_LIMITED` (429) with `Retry-After`. 0: no limit.
+    pub http_requests_per_s_per_address: u64,
     /// Calls in flight on one WebSocket; past this the hub stops reading from that socket
     /// until a reply has been sent.
     pub max_calls_in_flight: usize,
@@ -115,6 +118,7 @@ impl Default for Config {
             max_depth: 32,
             max_connections: 16_384,
             max_connections_per_address: 1024,
+            http_requests_per_s_per_address: 0,
             max_calls_in_flight: 256,
             outbound_queue: 1024,
             handshake_timeout_ms: 10_000,
@@ -215,6 +219,9 @@ impl Config {
                 "MAX_CALLS_IN_FLIGHT" => self.max_calls_in_flight = num(&key, &v)?,
                 "OUTBOUND_QUEUE" => self.outbound_queue = num(&key, &v)?,
                 "HANDSHAKE_TIMEOUT_MS" => self.handshake_timeout_ms = num(&key, &v)?,
+                "HTTP_REQUESTS_PER_S_PER_ADDRESS" => {
+                    self.http_requests_per_s_per_address = num(&key, &v)?
+                }
                 "PING_INTERVAL_MS" => self.ping_interval_ms = num(&key, &v)?,
                 "IDLE_TIMEOUT_MS" => self.idle_timeout_ms = num(&key, &v)?,
                 "SHUTDOWN_GRACE_MS" => self.shutdown_grace_ms = num(&key, &v)?,

@@ -18,6 +18,8 @@ pub enum Limit {
     MaxConnections,
     /// One address held `max_connections_per_address`: a new connection is refused.
     MaxConnectionsPerAddress,
+    /// An address sent HTTP requests faster than `http_requests_per_s_per_address` (429).
+    HttpRequestsPerAddress,
     /// A TLS handshake, an HTTP request head or body did not arrive within
     /// `handshake_timeout_ms`.
     HandshakeTimeout,
@@ -45,6 +47,7 @@ impl Limit {
         match self {
             Limit::MaxConnections => "max_connections",
             Limit::MaxConnectionsPerAddress => "max_connections_per_address",
+            Limit::HttpRequestsPerAddress => "http_requests_per_s_per_address",
             Limit::HandshakeTimeout => "handshake_timeout_ms",
             Limit::MaxFrameBytes => "max_frame_bytes",
             Limit::MaxBodyBytes => "max_body_bytes",

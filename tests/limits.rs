@@ -233,6 +233,61 @@ async fn connections_per_address_are_refused_with_429_or_close_1013_and_others_g
     hub.stop().await;
 }
 
+#[tokio::test]
+async fn http_requests_per_address_over_the_rate_get_429_with_retry_after() {
+    let hub = hub_with(Config {
+        http_requests_per_s_per_address: 2,
+        ..Config::default()
+    })
+    .await;
+    let local = [127, 0, 0, 1];
+    // WebSocket calls do not count.
+    let mut ws = ws_from(&hub, local).await;
+    served(&mut ws).await;
+    let before = breaches::count("http_requests_per_s_per_address");
+    // Two a second, two at once: requests in a row soon pass the rate.
+    let mut refused = None;
+    for _ in 0..50 {
+        let (status, head, body) = http_from(&hub, local, &list_request()).await;
+        if status == 429 {
+            refused = Some((head, body));
+            break;
+        }
+        assert_eq!(status, 200, "{head}");
+    }
+    let (head, body) = refused.expect("50 requests in a row stay under 2 a second");
+    assert_eq!(body["errorcode"], "RATE_LIMITED", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("http_requests_per_s_per_address"),
+        "{body}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    breaches::assert_counted("http_requests_per_s_per_address", before);
+
+    // Other addresses are served, and so are the address's WebSocket calls.
+    let (status, _, body) = http_from(&hub, [127, 0, 0, 2], &list_request()).await;
+    assert_eq!(status, 200, "{body}");
+    served(&mut ws).await;
+    // After the wait, the address is served again.
+    let again = tokio::time::timeout(WAIT, async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if http_from(&hub, local, &list_request()).await.0 == 200 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the address was never served again");
+    hub.stop().await;
+}
+
 /// The WebSocket handshake of a raw client; returns the socket after the 101.
 async fn raw_upgrade(hub: &TestHub) -> TcpStream {
     let mut s = TcpStream::connect(hub.addr).await.unwrap();

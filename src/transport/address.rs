@@ -1,4 +1,5 @@
-//! Connections per client address (`max_connections_per_address`).
+//! Connections per client address (`max_connections_per_address`), and HTTP requests per
+//! client address and second (`http_requests_per_s_per_address`).
 //!
 //! Each accepted connection takes a place of its address for as long as it is open, its
 //! WebSocket session included; the place is given back when the last holder drops its
@@ -12,6 +13,13 @@
 //!
 //! The table is touched twice per connection (accept and close), never per frame; a
 //! mutex over a map is enough, held only to add or subtract one.
+//!
+//! HTTP requests are metered per address by [`Rates`], a generic cell rate algorithm: each
+//! address has a theoretical arrival time that every request pushes one interval (1 / rate)
+//! further; a request that would push it more than one second's worth of requests ahead of
+//! now is refused (429) until it is within. So an address may send `rate` requests at once,
+//! then `rate` a second. One map lookup per request, no timer; addresses whose time has passed
+//! are swept out every few seconds.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -69,6 +77,65 @@ impl Drop for Place {
     }
 }
 
+/// HTTP requests per address and second. Cloning is shallow.
+#[derive(Clone)]
+pub struct Rates {
+    /// Microseconds between two requests of one address at the full rate; 0: no limit.
+    interval_us: u64,
+    /// How far ahead of now an address's arrival time may run: one second's worth.
+    burst_us: u64,
+    /// Per address group: the theoretical arrival time of its next request, in microseconds
+    /// since `start`.
+    next: Arc<dashmap::DashMap<IpAddr, u64>>,
+    start: std::time::Instant,
+}
+
+impl Rates {
+    /// `per_s` requests a second per address, as many at once; 0: no limit.
+    pub fn new(per_s: u64) -> Rates {
+        let interval_us = 1_000_000u64.checked_div(per_s).map_or(0, |us| us.max(1));
+        Rates {
+            interval_us,
+            burst_us: interval_us.saturating_mul(per_s),
+            next: Arc::default(),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether there is a limit at all.
+    pub fn is_on(&self) -> bool {
+        self.interval_us != 0
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts a request from `ip`: `Err(wait)` when the address is over its rate and must
+    /// wait that long.
+    pub fn admit(&self, ip: IpAddr) -> Result<(), std::time::Duration> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        let now = self.now_us();
+        let mut next = self.next.entry(group(ip)).or_insert(now);
+        let pushed = (*next).max(now).saturating_add(self.interval_us);
+        if pushed - now > self.burst_us {
+            return Err(std::time::Duration::from_micros(
+                pushed - now - self.burst_us,
+            ));
+        }
+        *next = pushed;
+        Ok(())
+    }
+
+    /// Forgets the addresses that could send a whole burst again (their time has passed).
+    pub fn sweep(&self) {
+        let now = self.now_us();
+        self.next.retain(|_, next| *next > now);
+    }
+}
+
 /// The key an address is counted under: IPv4 as it is, IPv6 by its /64.
 fn group(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
@@ -101,6 +168,26 @@ mod tests {
         assert_eq!(table.count(a), 1);
         assert!(table.take(a, 2).is_some());
         assert!(table.take(a, 0).is_some(), "0 is no limit");
+    }
+
+    #[test]
+    fn requests_get_a_burst_of_one_seconds_worth_then_the_rate() {
+        let a = IpAddr::from([10, 0, 0, 1]);
+        let b = IpAddr::from([10, 0, 0, 2]);
+        let rates = Rates::new(5);
+        for i in 0..5 {
+            assert!(rates.admit(a).is_ok(), "request {i} of the burst");
+        }
+        let wait = rates.admit(a).unwrap_err();
+        assert!(wait <= std::time::Duration::from_millis(200), "{wait:?}");
+        assert!(rates.admit(b).is_ok(), "another address has its own rate");
+        std::thread::sleep(wait + std::time::Duration::from_millis(5));
+        assert!(
+            rates.admit(a).is_ok(),
+            "one more once the interval has passed"
+        );
+        assert!(Rates::new(0).admit(a).is_ok());
+        rates.sweep();
     }
 
     #[test]

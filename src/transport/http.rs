@@ -84,6 +84,29 @@ pub fn too_many_connections(hub: &Hub, path: &str) -> Response<Full<Bytes>> {
     r
 }
 
+/// `429 RATE_LIMITED` for a request from an address over `http_requests_per_s_per_address`;
+/// `Retry-After` says when the next one will be taken (whole seconds, at least 1).
+pub fn too_many_requests(hub: &Hub, path: &str, wait: Duration) -> Response<Full<Bytes>> {
+    breach(Limit::HttpRequestsPerAddress);
+    let mut r = error_response(
+        FlowError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many requests from this address: at most {} a second (http_requests_per_s_per_address); retry in {} ms",
+                hub.config.http_requests_per_s_per_address,
+                wait.as_millis().max(1)
+            ),
+        ),
+        path,
+        Encoding::Json,
+    );
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
+}
+
 /// `404` for paths outside `/api`, `/ws` and the operational endpoints.
 pub fn not_found(path: &str) -> Response<Full<Bytes>> {
     error_response(

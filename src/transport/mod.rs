@@ -52,6 +52,8 @@ pub struct Hub {
     pub config: Arc<Config>,
     /// Cancelled when the hub begins to shut down: sessions stop taking new calls.
     pub shutdown: CancellationToken,
+    /// HTTP requests per client address (`http_requests_per_s_per_address`).
+    pub http_rates: address::Rates,
     /// Tracks upgraded WebSocket sessions, which hyper no longer tracks.
     pub sessions: TaskTracker,
     /// Cancelled when the shutdown grace has run out: connections and sessions still open are
@@ -96,6 +98,20 @@ pub async fn serve(
     let addresses = address::Addresses::default();
     let per_address = hub.config.max_connections_per_address;
     let connections = TaskTracker::new();
+    if hub.http_rates.is_on() {
+        // Forgets addresses that have been quiet for a while, for as long as the hub serves.
+        let rates = hub.http_rates.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => rates.sweep(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
     loop {
         let permit = match limit.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -298,7 +314,11 @@ async fn route(
     } else if is_api && conn.is_none() {
         http::too_many_connections(&hub, path)
     } else if is_api {
-        http::handle(req, hub).await
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        match peer.map(|ip| hub.http_rates.admit(ip)) {
+            Some(Err(wait)) => http::too_many_requests(&hub, path, wait),
+            _ => http::handle(req, hub).await,
+        }
     } else {
         http::not_found(path)
     })
