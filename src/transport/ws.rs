@@ -482,7 +482,7 @@ where
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 breach(Limit::MaxCallsInFlight);
-                // The hub, not the client, stops reading: the wait is no silence of its.
+                // The hub, not the client, stops reading: that wait is not the client's silence.
                 idle.heard = true;
                 None
             }
