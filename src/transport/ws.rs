@@ -330,8 +330,10 @@ where
 /// the clock when it goes back to waiting, so `last_heard` is the time of the last frame
 /// taken, give or take the handling of a burst. The one timer ticks every
 /// `ping_interval_ms`; at a tick, a socket that sent nothing but pongs since the tick before
-/// gets a ping, and one silent for `idle_timeout_ms` is closed with 4002 — but only at a tick
-/// that follows a ping, so a client always has a whole interval to answer.
+/// gets a ping, and one silent for `idle_timeout_ms` is closed with 4002 — but only if the tick
+/// before sent a ping and nothing has come since: a client always has a whole interval to
+/// answer, and one that answered is never closed because the hub itself was held up (a
+/// stopped process, a starved runtime) and sent no ping for a while.
 struct Idle {
     /// Ticks every `ping_interval_ms` (or half the idle timeout if pings are off); `None`
     /// when both are off.
@@ -348,6 +350,8 @@ struct Idle {
     active: bool,
     /// The last tick found the socket quiet and pinged it.
     pinged: bool,
+    /// When the last tick ran.
+    last_tick: tokio::time::Instant,
 }
 
 impl Idle {
@@ -369,6 +373,7 @@ impl Idle {
             heard: false,
             active: false,
             pinged: false,
+            last_tick: tokio::time::Instant::now(),
         }
     }
 
@@ -402,9 +407,13 @@ impl Idle {
     /// queued if it was quiet (skipped when the queue is full: the socket is not reading).
     fn on_tick(&mut self, out_tx: &mpsc::Sender<Message>) -> Option<CloseFrame> {
         self.waiting();
+        let now = tokio::time::Instant::now();
+        // Nothing came since the last tick (and so since its ping, if it sent one).
+        let unanswered = self.last_heard <= self.last_tick;
+        self.last_tick = now;
         if let Some(timeout) = self.timeout {
-            let silent = self.last_heard.elapsed();
-            if silent >= timeout && (self.pinged || !self.ping) {
+            let silent = now.saturating_duration_since(self.last_heard);
+            if silent >= timeout && unanswered && (self.pinged || !self.ping) {
                 breach(Limit::IdleTimeout);
                 tracing::debug!(
                     silent_ms = silent.as_millis() as u64,
