@@ -663,3 +663,29 @@ async fn a_socket_that_does_not_authenticate_in_time_is_closed_with_4001() {
     served(&mut logged_in).await;
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_list_page_over_max_list_items_is_too_large_and_a_smaller_page_is_served() {
+    let hub = hub_with(Config {
+        max_list_items: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut c = hub.ws().await;
+    for _ in 0..3 {
+        served(&mut c).await;
+    }
+    let before = breaches::count("max_list_items");
+    let r = c
+        .call(json!({"endpoint": "limits/check", "method": "LIST"}))
+        .await;
+    assert_eq!(r["errorcode"], "TOO_LARGE", "{r}");
+    breaches::assert_counted("max_list_items", before);
+    let r = c
+        .call(json!({"endpoint": "limits/check", "method": "LIST",
+            "parameters": {"pagination": {"size": 2}}}))
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    assert_eq!(r["count"], 3, "{r}");
+    hub.stop().await;
+}
