@@ -247,6 +247,7 @@ pub async fn serve(
             config.max_list_items,
         )
         .with_auth(auth),
+        http_rates: transport::address::Rates::new(config.http_requests_per_s_per_address),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
