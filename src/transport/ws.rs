@@ -651,18 +651,16 @@ where
                 reply_later(tx, outcome, requestid, encoding, permit);
             }
             Ok(Frame::Login { requestid, login }) => {
-                let auth = hub.dispatcher.auth().clone();
-                let creds = peer.creds.clone();
-                tokio::spawn(async move {
-                    let outcome = match &creds.session {
-                        Some(s) => auth.login(s, login, creds.peer).await,
-                        None => Err(FlowError::internal("no session")),
-                    }
-                    .map(Success::value)
-                    .map_err(|e| log_error(e, None, "login"));
-                    send(&tx, &outcome, requestid.as_ref(), encoding).await;
-                    drop(permit);
-                });
+                // Awaited here, before the next frame is read: a client may send its login and
+                // its first calls or subscriptions back to back, and those must see the login.
+                let creds = &peer.creds;
+                let outcome = match &creds.session {
+                    Some(s) => hub.dispatcher.auth().login(s, login, creds.peer).await,
+                    None => Err(FlowError::internal("no session")),
+                }
+                .map(Success::value)
+                .map_err(|e| log_error(e, None, "login"));
+                reply_later(tx, outcome, requestid, encoding, permit);
             }
             Ok(Frame::Publish { requestid, publish }) => {
                 let dispatcher = hub.dispatcher.clone();
