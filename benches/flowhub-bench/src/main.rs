@@ -100,6 +100,7 @@ struct Args {
 const USAGE: &str =
     "usage: flowhub-bench [--quick] [--json FILE] [--plots DIR] [--scenario NAME]...
        flowhub-bench soak [--duration SECS] [--connections N] [--rate CALLS/S] [--out FILE.svg]
+                          [--resume-window CHANGES]
   --quick          small data and short windows (CI, a first look)
   --json FILE      also write every figure as JSON, one object per scenario
   --plots DIR      also draw SVG plots of the figures into DIR

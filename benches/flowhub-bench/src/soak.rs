@@ -44,6 +44,8 @@ pub struct SoakArgs {
     pub connections: usize,
     pub rate: f64,
     pub out: PathBuf,
+    /// The hub's resume window in changes; `None`: as many as the writes of the warm-up.
+    pub resume_window: Option<u64>,
 }
 
 pub fn parse_args(args: impl Iterator<Item = String>) -> Result<SoakArgs, String> {
@@ -52,6 +54,7 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<SoakArgs, String
         connections: 1000,
         rate: 1000.0,
         out: PathBuf::from("target/bench/soak.svg"),
+        resume_window: None,
     };
     let mut it = args;
     while let Some(arg) = it.next() {
@@ -83,6 +86,13 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<SoakArgs, String
                 }
             }
             "--out" => a.out = PathBuf::from(value("--out")?),
+            "--resume-window" => {
+                a.resume_window = Some(
+                    value("--resume-window")?
+                        .parse()
+                        .map_err(|_| "--resume-window takes a number of changes")?,
+                )
+            }
             other => return Err(format!("unknown argument {other:?}\n{}", crate::USAGE)),
         }
     }
@@ -105,6 +115,8 @@ struct Tick {
 /// What the load tasks share with the sampler.
 struct Shared {
     hist: Mutex<Histogram<u64>>,
+    /// The first failed reply or frame, for the report.
+    first_error: Mutex<Option<String>>,
     errors: AtomicU64,
     events: AtomicU64,
 }
@@ -129,8 +141,20 @@ pub async fn run(args: SoakArgs) -> Res<()> {
         warmup.as_secs_f64(),
         crate::report::machine_line(&crate::report::machine()),
     );
+    // The resume window keeps the newest changes in memory by design (100,000 by default,
+    // minutes of this load to fill): sized to the writes of the warm-up, it is full before the
+    // slope is taken, so that growth after the warm-up is growth that has no bound.
+    let window = args
+        .resume_window
+        .unwrap_or(((args.rate * 0.2 * warmup.as_secs_f64()) as u64).max(100));
+    println!("hub resume window: {window} changes (--resume-window; the hub's default is 100000)");
     let tmp = hub::temp_dir("soak")?;
-    let hub = Hub::spawn(&bin, &tmp.path().join("hub"), &[])?;
+    let window_env = window.to_string();
+    let hub = Hub::spawn(
+        &bin,
+        &tmp.path().join("hub"),
+        &[("FLOWHUB_RESUME_WINDOW", window_env.as_str())],
+    )?;
     println!("hub pid {} on {}", hub.pid, hub.addr);
     {
         let mut w = ws::connect(hub.addr).await?;
@@ -141,6 +165,7 @@ pub async fn run(args: SoakArgs) -> Res<()> {
     }
     let shared = Arc::new(Shared {
         hist: Mutex::new(stats::histogram()),
+        first_error: Mutex::new(None),
         errors: AtomicU64::new(0),
         events: AtomicU64::new(0),
     });
@@ -260,6 +285,9 @@ pub async fn run(args: SoakArgs) -> Res<()> {
     let mean = after.iter().map(|p| p.1).sum::<f64>() / after.len().max(1) as f64;
     let grown = slope.map(|s| s * span);
     let threshold = (mean * 0.02).max(1024.0);
+    if let Ok(Some(e)) = shared.first_error.lock().as_deref() {
+        println!("first error: {e}");
+    }
     let calls: u64 = ticks.iter().map(|t| t.calls).sum();
     let errors: u64 = ticks.iter().map(|t| t.errors).sum();
     let mut all_p99: Vec<f64> = ticks
@@ -358,6 +386,15 @@ fn write_csv(path: &Path, ticks: &[Tick]) -> Res<()> {
     Ok(())
 }
 
+impl Shared {
+    fn error(&self, frame: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert_with(|| frame.chars().take(300).collect());
+        }
+    }
+}
+
 /// The least-squares slope of y over x; `None` with fewer than 3 points.
 pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     if points.len() < 3 {
@@ -401,7 +438,7 @@ async fn subscriber(
                     if t.starts_with(r#"{"type":"event""#) {
                         shared.events.fetch_add(1, Ordering::Relaxed);
                     } else if !ws::succeeded(t) {
-                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                        shared.error(t);
                     }
                 }
                 Some(Ok(_)) => {}
@@ -494,7 +531,7 @@ async fn caller(
             return Err(format!("a reply without a requestid: {}", text.as_str()).into());
         };
         if !ws::succeeded(text.as_str()) {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
+            shared.error(text.as_str());
         }
         let latency = now.saturating_duration_since(due(k));
         if let Ok(mut h) = shared.hist.lock() {
