@@ -94,6 +94,7 @@ struct Args {
     quick: bool,
     json: Option<PathBuf>,
     plots: Option<PathBuf>,
+    from_json: Option<PathBuf>,
     scenarios: Vec<String>,
 }
 
@@ -104,6 +105,7 @@ const USAGE: &str =
   --quick          small data and short windows (CI, a first look)
   --json FILE      also write every figure as JSON, one object per scenario
   --plots DIR      also draw SVG plots of the figures into DIR
+  --from-json FILE run nothing: draw the plots (--plots) of a run saved with --json
   --scenario NAME  run only this scenario (repeatable, or comma-separated):
                    durable-update, rpc, fanout, http, idle, restart, list
   soak             hold N connections under a steady mix of calls, subscriptions and writes
@@ -116,6 +118,7 @@ fn parse_args() -> Result<Args, String> {
         quick: false,
         json: None,
         plots: None,
+        from_json: None,
         scenarios: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -127,6 +130,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--plots" => {
                 args.plots = Some(PathBuf::from(it.next().ok_or("--plots needs a directory")?))
+            }
+            "--from-json" => {
+                args.from_json = Some(PathBuf::from(
+                    it.next().ok_or("--from-json needs a file name")?,
+                ))
             }
             "--scenario" => {
                 let v = it.next().ok_or("--scenario needs a name")?;
@@ -215,6 +223,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Res<()> {
+    if let Some(path) = &args.from_json {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let doc: Value = serde_json::from_str(&text)?;
+        let results = doc["scenarios"].as_array().cloned().unwrap_or_default();
+        let dir = args
+            .plots
+            .as_ref()
+            .ok_or("--from-json draws plots: give --plots DIR")?;
+        for path in plots::write(dir, &results)? {
+            println!("plot written to {}", path.display());
+        }
+        return Ok(());
+    }
     let started = Instant::now();
     let plan = Plan::new(args.quick);
     let bin = hub::flowhub_binary()?;

@@ -112,7 +112,8 @@ pub fn plots(results: &[Value]) -> Vec<(&'static str, String)> {
 
 /// A latency chart on a "nines" axis: 50%, 90%, 99%, 99.9%, 99.99%.
 fn latency_chart(title: &str) -> Chart {
-    let mut c = Chart::new(title, "percentile", "latency µs");
+    let mut c = Chart::new(title, "percentile", "latency µs (log scale)");
+    c.y_log = true;
     c.x_ticks = [50.0, 90.0, 99.0, 99.9, 99.99]
         .iter()
         .map(|q| (nines(*q), format!("{q}%")))

@@ -24,6 +24,8 @@ pub struct Chart {
     pub x_ticks: Vec<(f64, String)>,
     /// The y axis starts at zero (else at the smallest value).
     pub y_from_zero: bool,
+    /// A logarithmic y axis (ticks at powers of ten; values ≤ 0 are left out).
+    pub y_log: bool,
 }
 
 impl Chart {
@@ -35,6 +37,7 @@ impl Chart {
             series: Vec::new(),
             x_ticks: Vec::new(),
             y_from_zero: true,
+            y_log: false,
         }
     }
 
@@ -53,7 +56,21 @@ impl Chart {
     /// The panel as SVG elements, drawn in the box (`x`, `y`, `w`, `h`).
     fn panel(&self, out: &mut String, x: f64, y: f64, w: f64, h: f64) {
         let (left, right, top, bottom) = (x + 70.0, x + w - 20.0, y + 34.0, y + h - 46.0);
-        let all = || self.series.iter().flat_map(|s| s.points.iter());
+        // On a log axis the values are plotted as their logarithms.
+        let series: Vec<(&str, Vec<(f64, f64)>)> = self
+            .series
+            .iter()
+            .map(|s| {
+                let pts = s
+                    .points
+                    .iter()
+                    .filter(|p| !self.y_log || p.1 > 0.0)
+                    .map(|p| (p.0, if self.y_log { p.1.log10() } else { p.1 }))
+                    .collect();
+                (s.name.as_str(), pts)
+            })
+            .collect();
+        let all = || series.iter().flat_map(|s| s.1.iter());
         let (mut x0, mut x1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
             (a.min(p.0), b.max(p.0))
         });
@@ -67,8 +84,12 @@ impl Chart {
         if !x0.is_finite() {
             (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
         }
-        if self.y_from_zero {
+        if self.y_from_zero && !self.y_log {
             y0 = y0.min(0.0);
+        }
+        if self.y_log {
+            y0 = y0.floor();
+            y1 = y1.ceil();
         }
         if x1 <= x0 {
             x1 = x0 + 1.0;
@@ -76,7 +97,11 @@ impl Chart {
         if y1 <= y0 {
             y1 = y0 + 1.0;
         }
-        let y_ticks = nice_ticks(y0, y1);
+        let y_ticks = if self.y_log {
+            (y0 as i32..=y1 as i32).map(f64::from).collect()
+        } else {
+            nice_ticks(y0, y1)
+        };
         y0 = y0.min(y_ticks[0]);
         y1 = y1.max(*y_ticks.last().unwrap_or(&y1));
         let sx = |v: f64| left + (v - x0) / (x1 - x0) * (right - left);
@@ -101,7 +126,11 @@ impl Chart {
                 r##"<line x1="{left:.1}" y1="{py:.1}" x2="{right:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
                 left - 5.0,
                 py + 4.0,
-                label(*t)
+                if self.y_log {
+                    label(10f64.powf(*t))
+                } else {
+                    label(*t)
+                }
             );
         }
         let x_ticks: Vec<(f64, String)> = if self.x_ticks.is_empty() {
@@ -138,10 +167,9 @@ impl Chart {
             (top + bottom) / 2.0,
             esc(&self.y_label)
         );
-        for (i, s) in self.series.iter().enumerate() {
+        for (i, (name, points)) in series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            let pts: Vec<String> = s
-                .points
+            let pts: Vec<String> = points
                 .iter()
                 .map(|(px, py)| format!("{:.1},{:.1}", sx(*px), sy(*py)))
                 .collect();
@@ -150,8 +178,8 @@ impl Chart {
                 r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
                 pts.join(" ")
             );
-            if s.points.len() <= 40 {
-                for (px, py) in &s.points {
+            if points.len() <= 40 {
+                for (px, py) in points {
                     let _ = writeln!(
                         out,
                         r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
@@ -170,7 +198,7 @@ impl Chart {
                 ly - 4.0,
                 left + 36.0,
                 ly,
-                esc(&s.name)
+                esc(name)
             );
         }
     }
@@ -251,5 +279,15 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 4);
         assert!(svg.contains("a &lt;b&gt; &amp; c"));
         assert!(!svg.contains("NaN"));
+    }
+
+    #[test]
+    fn a_log_axis_has_decade_ticks() {
+        let mut c = Chart::new("t", "x", "µs").series("a", vec![(0.0, 15.0), (1.0, 2500.0)]);
+        c.y_log = true;
+        let svg = document(&[&c], 600.0, 300.0);
+        for t in [">10<", ">100<", ">1000<", ">10000<"] {
+            assert!(svg.contains(t), "{t} in {svg}");
+        }
     }
 }
