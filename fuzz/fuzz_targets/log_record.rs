@@ -115,7 +115,7 @@ fn build(pieces: &[Piece], seq: &mut u64) -> Vec<u8> {
                 out.truncate(keep);
             }
         }
-        last = start;
+        last = start.min(out.len());
     }
     out
 }
