@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod log;
 pub mod protocol;

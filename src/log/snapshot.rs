@@ -304,12 +304,24 @@ impl Checked {
 /// Reads and checks one snapshot file: its sequence number and entries.
 pub fn read(path: &Path) -> Result<(u64, Vec<LogRecord>), String> {
     let checked = Checked::open(path)?;
-    let mut entries = Vec::with_capacity(usize::try_from(checked.count).unwrap_or(0).min(1 << 24));
+    let mut entries = Vec::with_capacity(capacity_for(checked.count, checked.entries.len()));
     checked.decode(4096, |chunk| {
         entries.extend(chunk);
         true
     })?;
     Ok((checked.seq, entries))
+}
+
+/// The smallest encoded entry: a record's header and a payload of empty names, no state.
+const MIN_ENTRY: usize = super::format::HEADER_LEN + 8 + 6 + 1;
+
+/// How many entries to make room for: the count the file declares, but never more than its
+/// bytes can hold (a snapshot that declared 2^64 entries had 2 GiB reserved for them before
+/// one was decoded).
+fn capacity_for(count: u64, bytes: usize) -> usize {
+    usize::try_from(count)
+        .unwrap_or(usize::MAX)
+        .min(bytes / MIN_ENTRY)
 }
 
 /// The newest snapshot of `dir` that is whole, checked but not decoded.
@@ -385,6 +397,39 @@ pub fn compact(
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn a_declared_count_reserves_no_more_than_the_bytes_hold() {
+        // Found by the `log_record` fuzz target: a whole snapshot (valid checksum) whose
+        // trailer declares a huge count made `read` reserve 2 GiB up front.
+        assert_eq!(capacity_for(u64::MAX, 0), 0);
+        assert_eq!(capacity_for(u64::MAX, 10 * MIN_ENTRY + 3), 10);
+        assert_eq!(capacity_for(2, 1 << 20), 2);
+        let mut one = Vec::new();
+        encode(
+            &LogRecord {
+                seq: 1,
+                created_seq: 1,
+                endpoint: String::new(),
+                namespace: String::new(),
+                id: String::new(),
+                state: None,
+                published: false,
+            },
+            &mut one,
+        );
+        assert_eq!(one.len(), MIN_ENTRY);
+        let dir = tempfile::tempdir().unwrap();
+        let mut body = MAGIC.to_vec();
+        body.extend_from_slice(&7u64.to_le_bytes());
+        body.extend_from_slice(END);
+        body.extend_from_slice(&u64::MAX.to_le_bytes());
+        let crc = crc32c::crc32c(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let path = dir.path().join(snapshot_name(7));
+        fs::write(&path, body).unwrap();
+        assert!(read(&path).unwrap_err().contains("count does not match"));
+    }
 
     fn entry(i: u64) -> LogRecord {
         LogRecord {

@@ -38,7 +38,7 @@ use crate::protocol::frame::decode;
 use crate::protocol::params::normalize;
 use crate::protocol::{encode, Encoding, ErrorCode, FlowError, Framing, Method, Outcome, Request};
 
-const MSGPACK: &str = "application/msgpack";
+pub(crate) const MSGPACK: &str = "application/msgpack";
 
 /// A response with a JSON (or other) body.
 pub fn json_response(status: u16, body: Bytes) -> Response<Full<Bytes>> {
@@ -179,8 +179,9 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
         }
     }
     let (parts, body) = req.into_parts();
+    let known = |endpoint: &str| hub.dispatcher.registry().contains(endpoint);
     let request = match build_request(
-        &hub,
+        &known,
         &parts.method,
         &parts.headers,
         &query,
@@ -250,7 +251,7 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
 }
 
 /// The `Authorization: Basic` pair and the client's address.
-fn credentials<B>(req: &HttpRequest<B>) -> Result<crate::auth::Credentials, FlowError> {
+pub(crate) fn credentials<B>(req: &HttpRequest<B>) -> Result<crate::auth::Credentials, FlowError> {
     let basic = match req.headers().get(hyper::header::AUTHORIZATION) {
         None => None,
         Some(v) => {
@@ -268,7 +269,7 @@ fn credentials<B>(req: &HttpRequest<B>) -> Result<crate::auth::Credentials, Flow
 }
 
 /// The token of `Authorization: Bearer`, if that is the header's scheme.
-fn bearer(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers
         .get(hyper::header::AUTHORIZATION)?
         .to_str()
@@ -302,7 +303,7 @@ fn is_openapi(segments: &[String]) -> bool {
 }
 
 /// The HTTP verbs the bridge maps to Flow methods.
-const SUPPORTED_VERBS: [HttpMethod; 5] = [
+pub(crate) const SUPPORTED_VERBS: [HttpMethod; 5] = [
     HttpMethod::GET,
     HttpMethod::POST,
     HttpMethod::PUT,
@@ -359,7 +360,7 @@ fn accepts_msgpack(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains(MSGPACK) || v.contains("application/x-msgpack"))
 }
 
-fn content_type_is(headers: &HeaderMap, mime: &str) -> bool {
+pub(crate) fn content_type_is(headers: &HeaderMap, mime: &str) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -367,7 +368,7 @@ fn content_type_is(headers: &HeaderMap, mime: &str) -> bool {
 }
 
 /// The percent-decoded segments after `/api/`; the last is empty when the path ends in `/`.
-fn split_path(path: &str) -> Result<Vec<String>, FlowError> {
+pub(crate) fn split_path(path: &str) -> Result<Vec<String>, FlowError> {
     let rest = path.strip_prefix("/api/").unwrap_or("");
     let mut out = Vec::new();
     for seg in rest.split('/') {
@@ -383,7 +384,7 @@ fn split_path(path: &str) -> Result<Vec<String>, FlowError> {
 
 /// The query string's pairs (`+` is a space, `%XX` escapes are decoded); a value that is not
 /// UTF-8 after decoding is an error rather than a silently mangled id or namespace.
-fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, FlowError> {
+pub(crate) fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, FlowError> {
     let Some(query) = query else {
         return Ok(Vec::new());
     };
@@ -454,8 +455,10 @@ fn field(
         .find(|s| !s.is_empty()))
 }
 
-fn build_request(
-    hub: &Hub,
+/// The call a request's verb, path, query string and headers name; `known` tells whether a
+/// whole path names a registered endpoint (path resolution, `protocol/SPEC.md` 7.1).
+pub(crate) fn build_request(
+    known: &dyn Fn(&str) -> bool,
     verb: &HttpMethod,
     headers: &HeaderMap,
     query: &[(String, String)],
@@ -480,19 +483,17 @@ fn build_request(
         )));
     }
     let whole = segments.join("/");
-    let (endpoint, path_objectid) =
-        if trailing_slash || objectid_field.is_some() || hub.dispatcher.registry().contains(&whole)
-        {
+    let (endpoint, path_objectid) = if trailing_slash || objectid_field.is_some() || known(&whole) {
+        (whole, None)
+    } else {
+        let id = segments.pop();
+        if segments.is_empty() {
+            // `/api/app/x`: one segment that is no known endpoint is the endpoint, not an id.
             (whole, None)
         } else {
-            let id = segments.pop();
-            if segments.is_empty() {
-                // `/api/app/x`: one segment that is no known endpoint is the endpoint, not an id.
-                (whole, None)
-            } else {
-                (segments.join("/"), id)
-            }
-        };
+            (segments.join("/"), id)
+        }
+    };
     let objectid = objectid_field.or(path_objectid);
     let method = match method_field {
         Some(m) => Method::parse(&m)?,

@@ -1,0 +1,46 @@
+//! WebSocket text frames: JSON decoding (depth limit), the fast reader of a provider's
+//! `result`, every frame type, and the checks of a call before dispatch.
+#![no_main]
+
+use flowhub::protocol::frame::{decode, decode_text, parse_frame};
+use flowhub::protocol::provider::parse_result_text;
+use flowhub::protocol::{Encoding, Frame};
+use libfuzzer_sys::fuzz_target;
+
+const MAX_DEPTH: usize = 32;
+
+fuzz_target!(|data: &[u8]| {
+    // A text frame is UTF-8 (tungstenite closes the socket with 1007 otherwise).
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let fast = parse_result_text(text, MAX_DEPTH);
+    let decoded = decode_text(text, MAX_DEPTH);
+    // An HTTP body goes through `decode`: it must agree with the text path.
+    assert_eq!(
+        decoded.is_ok(),
+        decode(data, Encoding::Json, MAX_DEPTH).is_ok(),
+        "decode and decode_text agree"
+    );
+    if let Some((requestid, callid, answer)) = fast {
+        // The fast path only takes frames the general path reads to the same answer.
+        let value = match &decoded {
+            Ok(v) => v.clone(),
+            Err(e) => panic!("the fast result reader took a frame the general one refuses: {e}"),
+        };
+        match parse_frame(value) {
+            Ok(Frame::Answer {
+                requestid: r,
+                callid: c,
+                answer: a,
+            }) => {
+                assert_eq!((requestid, callid), (r, c));
+                assert_eq!(answer, a);
+            }
+            other => panic!("the fast result reader disagrees: {other:?}"),
+        }
+    }
+    if let Ok(value) = decoded {
+        flowhub_fuzz::frame(value, Encoding::Json);
+    }
+});
