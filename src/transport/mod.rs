@@ -181,7 +181,9 @@ async fn route(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     Ok(if path == "/ws" || path == "/ws/" {
-        ws::upgrade(req, hub, conn)
+        ws::upgrade(req, hub, conn, ws::Mode::Calls)
+    } else if hub.config.ws_echo_path.as_deref() == Some(path) {
+        ws::upgrade(req, hub, conn, ws::Mode::Echo)
     } else if path == "/health" {
         http::json_response(200, Bytes::from_static(b"{\"status\":\"ok\"}"))
     } else if path.starts_with("/api/") || path == "/api" {

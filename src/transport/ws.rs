@@ -24,6 +24,11 @@
 //! did not authenticate within `auth.auth_timeout_ms` or whose login token expired or was
 //! revoked (SPEC 13.2). Messages over `max_frame_bytes` (but under the hard limit) get a
 //! `TOO_LARGE` reply and the socket stays.
+//!
+//! [`Mode::Echo`], served only at `ws_echo_path` when an operator sets it, runs the very same
+//! session (the same tungstenite settings, limits, close codes and queues) but sends every
+//! text or binary message back unchanged instead of reading it as a call: WebSocket
+//! conformance suites (Autobahn) expect an echo server (`docs/CONFORMANCE.md`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +128,16 @@ impl ReplySink for WsReply {
     }
 }
 
+/// What a session does with the messages it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Frames are calls and the other frames of the protocol (`/ws`).
+    Calls,
+    /// Every text or binary message is sent back unchanged (`ws_echo_path`, for conformance
+    /// testing of the WebSocket stack only).
+    Echo,
+}
+
 /// What one session is to the rest of the hub.
 struct Peer {
     /// Its calls' identity.
@@ -145,6 +160,7 @@ pub fn upgrade(
     mut req: Request<Incoming>,
     hub: Hub,
     conn: Arc<OwnedSemaphorePermit>,
+    mode: Mode,
 ) -> Response<Full<Bytes>> {
     let is_upgrade = req
         .headers()
@@ -171,7 +187,7 @@ pub fn upgrade(
     let tracker = hub.sessions.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => session(TokioIo::new(upgraded), hub, peer).await,
+            Ok(upgraded) => session_with(TokioIo::new(upgraded), hub, peer, mode).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
         drop(conn);
@@ -196,6 +212,14 @@ pub fn upgrade(
 /// past that the writer is aborted and the socket dropped, so a client that never reads
 /// cannot keep a session (and its queued replies) alive.
 pub async fn session<S>(io: S, hub: Hub, peer: Option<std::net::IpAddr>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    session_with(io, hub, peer, Mode::Calls).await;
+}
+
+/// [`session`] in the given mode.
+async fn session_with<S>(io: S, hub: Hub, peer: Option<std::net::IpAddr>, mode: Mode)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -236,6 +260,7 @@ where
         &in_flight,
         &peer,
         &subscriptions,
+        mode,
     )
     .await;
     // The client's routed calls stop waiting; as a provider it serves nothing any more, and
@@ -278,6 +303,7 @@ async fn read_loop<S>(
     in_flight: &Arc<Semaphore>,
     peer: &Peer,
     subscriptions: &Arc<Connection>,
+    mode: Mode,
 ) -> CloseFrame
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -387,6 +413,18 @@ where
                 "-",
             ));
             reply_later(tx, outcome, None, encoding, permit);
+            continue;
+        }
+        if mode == Mode::Echo {
+            let echo = match text {
+                Some(t) => Message::Text(t),
+                None => Message::Binary(bytes),
+            };
+            // Queued like a reply: the frame's permit is held until there is room.
+            tokio::spawn(async move {
+                let _ = tx.send(echo).await;
+                drop(permit);
+            });
             continue;
         }
         // A provider's successful result in JSON is read without building a value: its data
