@@ -787,6 +787,18 @@ async fn the_conformance_echo_path_is_off_by_default_and_shares_the_limits() {
             .unwrap();
         assert_eq!(back, msg);
     }
+    // In the order they came, also when many are in flight.
+    for i in 0..300 {
+        c.send_raw(Message::text(format!("m{i}"))).await;
+    }
+    for i in 0..300 {
+        let back = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("an echo within 30 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, Message::text(format!("m{i}")));
+    }
     // The echo created nothing.
     let mut calls = hub.ws().await;
     let r = calls

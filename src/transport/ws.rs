@@ -420,11 +420,20 @@ where
                 Some(t) => Message::Text(t),
                 None => Message::Binary(bytes),
             };
-            // Queued like a reply: the frame's permit is held until there is room.
-            tokio::spawn(async move {
-                let _ = tx.send(echo).await;
-                drop(permit);
-            });
+            // Queued by the reader itself, so echoes go out in the order the messages came;
+            // while the queue is full the reader waits (back-pressure, as for calls).
+            match tx.try_send(echo) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(echo)) => tokio::select! {
+                    biased;
+                    _ = &mut shutdown => return away(),
+                    r = tx.send(echo) => if r.is_err() {
+                        return gone();
+                    },
+                },
+                Err(mpsc::error::TrySendError::Closed(_)) => return gone(),
+            }
+            drop(permit);
             continue;
         }
         // A provider's successful result in JSON is read without building a value: its data

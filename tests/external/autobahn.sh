@@ -62,7 +62,8 @@ if ! installed; then
   python3 -m pip download -q --no-deps --python-version 2.7 --only-binary=:all: \
     -d "$WORK/wheels" pip==20.3.4
   py2 "$WORK/wheels/pip-20.3.4-py2.py3-none-any.whl/pip" install -q --disable-pip-version-check \
-    --no-warn-script-location --prefix "$AB" "$WORK/wheels/pip-20.3.4-py2.py3-none-any.whl"
+    --no-warn-script-location --prefix "$AB" "$WORK/wheels/pip-20.3.4-py2.py3-none-any.whl" 2>&1 |
+    grep -v DEPRECATION || true
   PIP=(py2 -m pip install -q --disable-pip-version-check --no-warn-script-location --prefix "$AB")
   "${PIP[@]}" setuptools==44.1.1 wheel==0.37.1 2>&1 | grep -v DEPRECATION || true
   # Its C extensions (wsaccel, ujson, twisted) build against the unpacked headers.
