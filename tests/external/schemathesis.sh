@@ -58,10 +58,11 @@ create /api/scheduler/scheduler/queue/ '{"name": "nightly", "priority": 3}'
 # --- schemathesis ----------------------------------------------------------------------------
 echo "== schemathesis $ST_VERSION run $BASE/api/openapi.json --checks all --seed $SEED --max-examples $MAX_EXAMPLES"
 status=0
-"$VENV/bin/schemathesis" run "$BASE/api/openapi.json" \
+# From the run directory, where schemathesis keeps its own state (.schemathesis/).
+(cd "$RUN" && "$VENV/bin/schemathesis" run "$BASE/api/openapi.json" \
   --checks all --seed "$SEED" --max-examples "$MAX_EXAMPLES" \
   --workers 1 --request-timeout 10 --suppress-health-check all \
-  --report junit,ndjson --report-dir "$RUN/report" "$@" || status=$?
+  --report junit,ndjson --report-dir "$RUN/report" "$@") || status=$?
 if grep -E -q 'panicked|INTERNAL' "$RUN/hub.log"; then
   echo "the hub logged a panic or an INTERNAL error:" >&2
   grep -E 'panicked|INTERNAL' "$RUN/hub.log" | head -20 >&2
