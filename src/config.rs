@@ -104,6 +104,10 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// A path (such as `/ws-echo`) where the WebSocket stack echoes every message back
+    /// instead of reading it as a call: for protocol conformance testing only (see
+    /// `docs/CONFORMANCE.md`). Unset (the default): no such path.
+    pub ws_echo_path: Option<String>,
 }
 
 impl Default for Config {
@@ -143,6 +147,7 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             tls_cert: None,
             tls_key: None,
+            ws_echo_path: None,
         }
     }
 }
@@ -249,6 +254,7 @@ impl Config {
                 "AUTH_TIMEOUT_MS" => self.auth.auth_timeout_ms = num(&key, &v)?,
                 "TLS_CERT" => self.tls_cert = Some(PathBuf::from(v)),
                 "TLS_KEY" => self.tls_key = Some(PathBuf::from(v)),
+                "WS_ECHO_PATH" => self.ws_echo_path = (!v.is_empty()).then_some(v),
                 "RESUME_WINDOW" => self.resume_window = num(&key, &v)?,
                 "RESUME_WINDOW_BYTES" => self.resume_window_bytes = num(&key, &v)?,
                 "RESUME_LOG_BYTES" => self.resume_log_bytes = Some(num(&key, &v)?),
@@ -334,6 +340,15 @@ impl Config {
         self.auth.validate()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key go together: give both or neither".into());
+        }
+        if let Some(p) = &self.ws_echo_path {
+            let taken =
+                matches!(p.as_str(), "/ws" | "/ws/" | "/health" | "/api") || p.starts_with("/api/");
+            if !p.starts_with('/') || p.contains(['?', '#']) || taken {
+                return Err(format!(
+                    "ws_echo_path must be a path of its own such as \"/ws-echo\", not {p:?}"
+                ));
+            }
         }
         if self.max_depth > 128 {
             return Err("max_depth must be at most 128".into());
@@ -447,5 +462,9 @@ mod tests {
         assert!(Config::load(Some(&file), vec![], &Overrides::default()).is_err());
         let env = vec![("FLOWHUB_MAX_DEPTH".to_string(), "deep".to_string())];
         assert!(Config::load(None, env, &Overrides::default()).is_err());
+        for taken in ["/ws", "/api/x", "/health", "ws-echo"] {
+            let env = vec![("FLOWHUB_WS_ECHO_PATH".to_string(), taken.to_string())];
+            assert!(Config::load(None, env, &Overrides::default()).is_err());
+        }
     }
 }

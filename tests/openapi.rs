@@ -472,3 +472,96 @@ async fn the_checks_catch_broken_documents() {
     assert!(!jsonschema::meta::is_valid(&json!({"type": 5})));
     hub.stop().await;
 }
+
+/// Validates `instance` against the JSON schema an operation documents for its `status`.
+fn assert_matches_response(doc: &Value, path: &str, verb: &str, status: u16, instance: &Value) {
+    let r = &doc["paths"][path][verb]["responses"][status.to_string()];
+    let r = resolve(doc, r["$ref"].as_str().unwrap()).unwrap();
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [r["content"]["application/json"]["schema"]],
+    });
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{verb} {path} {status}: {instance} does not match: {errors:?}"
+    );
+}
+
+/// `Flow-Request-Method` may choose another method than the verb's: LIST on an operation
+/// that names an object, OPEN on the one that lists. Each reply matches the success schema
+/// the operation documents; an empty `Flow-Request-ObjectId` (no object id, SPEC 7.2) is
+/// documented as allowed, and ids and namespaces with control characters are not.
+#[tokio::test]
+async fn replies_to_any_method_match_the_operations_documented_schema() {
+    let hub = hub_with_endpoints().await;
+    let (doc, _) = fetch(&hub, "/api/openapi.json").await;
+    let coll = "/api/address/address/address/";
+    let item = "/api/address/address/address/{objectid}";
+    for (path, url, verb, method) in [
+        (item, "/api/address/address/address/first", "get", "LIST"),
+        (item, "/api/address/address/address/first", "delete", "LIST"),
+        (item, "/api/address/address/address/first", "get", "INDEX"),
+        (coll, coll, "get", "INDEX"),
+        (
+            coll,
+            "/api/address/address/address/?objectid=first",
+            "get",
+            "OPEN",
+        ),
+        (coll, coll, "get", "LIST"),
+    ] {
+        let r = hub
+            .http(
+                &verb.to_uppercase(),
+                url,
+                &[("Flow-Request-Method", method)],
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{method} {url}: {}", body_text(&r));
+        assert_matches_response(&doc, path, verb, 200, &r.json());
+    }
+    let r = hub
+        .http("GET", coll, &[("Flow-Request-ObjectId", "")], b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", body_text(&r));
+    let params = &doc["components"]["parameters"];
+    let id = &params["FlowRequestObjectId"]["schema"];
+    assert!(id.get("minLength").is_none_or(|m| m == 0), "{id}");
+    let plain = jsonschema::validator_for(id).unwrap();
+    let in_path = jsonschema::validator_for(&params["objectidPath"]["schema"]).unwrap();
+    let namespace = jsonschema::validator_for(&params["namespace"]["schema"]).unwrap();
+    assert!(plain.is_valid(&json!("")) && plain.is_valid(&json!("dev-1 ä")));
+    assert!(!in_path.is_valid(&json!("")) && in_path.is_valid(&json!("first")));
+    // What the schemas refuse, the hub refuses.
+    for (bad, encoded) in [
+        ("a/b", "a%2Fb"),
+        ("a\u{1}b", "a%01b"),
+        ("a\u{85}b", "a%C2%85b"),
+    ] {
+        assert!(!plain.is_valid(&json!(bad)) && !in_path.is_valid(&json!(bad)));
+        let r = hub
+            .http("GET", &format!("{coll}?objectid={encoded}"), &[], b"")
+            .await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", body_text(&r));
+    }
+    assert!(namespace.is_valid(&json!("tenant-ä")) && !namespace.is_valid(&json!("a\u{7f}")));
+    let r = hub
+        .http("GET", &format!("{coll}?namespace=a%01b"), &[], b"")
+        .await;
+    assert_eq!(r.status, 400, "{}", body_text(&r));
+    hub.stop().await;
+}
+
+fn body_text(r: &common::HttpReply) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}

@@ -756,3 +756,61 @@ async fn too_large_and_invalid_messages_get_answers_or_close_codes() {
     assert_eq!(answers.get("INVALID_REQUEST"), Some(&300));
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn the_conformance_echo_path_is_off_by_default_and_shares_the_limits() {
+    // Off by default: the path is no WebSocket.
+    let hub = TestHub::start().await;
+    let r = hub.http("GET", "/ws-echo", &[], b"").await;
+    assert_eq!(r.status, 404);
+    hub.stop().await;
+
+    let hub = TestHub::start_with(Config {
+        max_frame_bytes: 1000,
+        ws_echo_path: Some("/ws-echo".into()),
+        ..Config::default()
+    })
+    .await;
+    let mut c = WsClient::connect(&format!("ws://{}/ws-echo", hub.addr)).await;
+    // Text and binary messages come back unchanged, not read as calls.
+    for msg in [
+        Message::text("not json"),
+        Message::text(r#"{"endpoint": "a/b", "method": "CREATE", "data": {}}"#),
+        Message::text(""),
+        Message::Binary(vec![0u8, 0xff, 0x80].into()),
+    ] {
+        c.send_raw(msg.clone()).await;
+        let back = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("an echo within 30 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    // In the order they came, also when many are in flight.
+    for i in 0..300 {
+        c.send_raw(Message::text(format!("m{i}"))).await;
+    }
+    for i in 0..300 {
+        let back = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("an echo within 30 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, Message::text(format!("m{i}")));
+    }
+    // The echo created nothing.
+    let mut calls = hub.ws().await;
+    let r = calls
+        .call(json!({"endpoint": "a/b", "method": "LIST"}))
+        .await;
+    assert_eq!(r["errorcode"], "DO_NOT_EXIST", "{r}");
+    // The same limits as /ws: over max_frame_bytes a TOO_LARGE reply, over four times it 1009.
+    c.send_raw(Message::text("x".repeat(2000))).await;
+    let (_, reply) = recv_frame(&mut c).await;
+    assert_eq!(reply["errorcode"], "TOO_LARGE", "{reply}");
+    c.send_raw(Message::Binary(vec![0u8; 5000].into())).await;
+    let (close, _) = read_to_close(&mut c).await;
+    assert_eq!(code(close), Some(CloseCode::Size));
+    hub.stop().await;
+}

@@ -306,7 +306,12 @@ async fn route(
     let is_api = path.starts_with("/api/") || path == "/api";
     Ok(if path == "/ws" || path == "/ws/" {
         match conn {
-            Some(conn) => ws::upgrade(req, hub, conn),
+            Some(conn) => ws::upgrade(req, hub, conn, ws::Mode::Calls),
+            None => ws::refuse(req, hub),
+        }
+    } else if hub.config.ws_echo_path.as_deref() == Some(path) {
+        match conn {
+            Some(conn) => ws::upgrade(req, hub, conn, ws::Mode::Echo),
             None => ws::refuse(req, hub),
         }
     } else if path == "/health" {

@@ -331,6 +331,8 @@ fn operation(e: &EndpointInfo, op: &Op, with_id: bool) -> Value {
         );
     }
     let mut responses = Map::new();
+    // `Flow-Request-Method` may choose LIST on any operation, and any other method on the
+    // LIST operation, so every operation's success is either envelope.
     let ok = if op.list {
         "ListResult"
     } else {
@@ -383,18 +385,24 @@ fn content(schema: Value) -> Value {
 
 fn components() -> Value {
     let mut responses = Map::new();
+    // Both are either envelope (`Flow-Request-Method` chooses the method); they differ in
+    // which one the operation gives without it.
+    let either = json!({"anyOf": [
+        component_ref("schemas", "ListEnvelope"),
+        component_ref("schemas", "ObjectEnvelope"),
+    ]});
     responses.insert(
         "ListResult".into(),
         json!({
-            "description": "The matching objects (one page of them) and `count`, the number of matches before pagination.",
-            "content": content(component_ref("schemas", "ListEnvelope")),
+            "description": "LIST (without Flow-Request-Method): the matching objects (one page of them) and `count`, the number of matches before pagination. Another method given in Flow-Request-Method: its object, as in ObjectResult.",
+            "content": content(either.clone()),
         }),
     );
     responses.insert(
         "ObjectResult".into(),
         json!({
-            "description": "The envelope with the object in `data` (INDEX: its search information; DELETE: its last version).",
-            "content": content(component_ref("schemas", "ObjectEnvelope")),
+            "description": "The envelope with the object in `data` (INDEX: its search information; DELETE: its last version). LIST given in Flow-Request-Method: the list, as in ListResult.",
+            "content": content(either),
         }),
     );
     for (status, codes) in error_classes() {
@@ -426,14 +434,14 @@ fn components() -> Value {
             "FlowRequestObjectId",
             "Flow-Request-ObjectId",
             "objectid",
-            json!({"type": "string", "minLength": 1, "maxLength": 200}),
-            "The object id; when given, a path without a trailing `/` is all endpoint.",
+            objectid_schema(0),
+            "The object id; when given, a path without a trailing `/` is all endpoint. Empty: none.",
         ),
         (
             "FlowRequestNamespace",
             "Flow-Request-Namespace",
             "namespace",
-            json!({"type": "string", "maxLength": 128}),
+            json!({"type": "string", "maxLength": 128, "pattern": NO_CONTROL}),
             "The tenant partition; objects of one namespace are invisible in another. Empty: the default namespace.",
         ),
         (
@@ -480,7 +488,7 @@ fn components() -> Value {
             "in": "path",
             "required": true,
             "description": "The object id (the last segment of a path without a trailing `/`).",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            "schema": objectid_schema(1),
         }),
     );
 
@@ -520,6 +528,19 @@ fn components() -> Value {
                 "description": "The same token in the query string; the header wins.",
             },
         },
+    })
+}
+
+/// Text without control characters (C0, DEL, C1), as namespaces and object ids must be.
+const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+/// An object id: at most 200 bytes, no `/`, no control characters.
+fn objectid_schema(min: usize) -> Value {
+    json!({
+        "type": "string",
+        "minLength": min,
+        "maxLength": 200,
+        "pattern": "^[^/\\u0000-\\u001F\\u007F-\\u009F]*$",
     })
 }
 

@@ -32,6 +32,11 @@
 //! that has sent nothing at all for `idle_timeout_ms`. It costs the reading of a frame two
 //! stores into local flags: the clock is read only when the reader goes back to waiting, and
 //! the session's one timer ticks every interval without being reset.
+//!
+//! [`Mode::Echo`], served only at `ws_echo_path` when an operator sets it, runs the very same
+//! session (the same tungstenite settings, limits, close codes and queues) but sends every
+//! text or binary message back unchanged instead of reading it as a call: WebSocket
+//! conformance suites (Autobahn) expect an echo server (`docs/CONFORMANCE.md`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +137,16 @@ impl ReplySink for WsReply {
     }
 }
 
+/// What a session does with the messages it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Frames are calls and the other frames of the protocol (`/ws`).
+    Calls,
+    /// Every text or binary message is sent back unchanged (`ws_echo_path`, for conformance
+    /// testing of the WebSocket stack only).
+    Echo,
+}
+
 /// What one session is to the rest of the hub.
 struct Peer {
     /// Its calls' identity.
@@ -186,6 +201,7 @@ pub fn upgrade(
     mut req: Request<Incoming>,
     hub: Hub,
     conn: Arc<super::Slot>,
+    mode: Mode,
 ) -> Response<Full<Bytes>> {
     let accept = match accept_key(&req) {
         Ok(a) => a,
@@ -196,7 +212,7 @@ pub fn upgrade(
     let tracker = hub.sessions.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => session(TokioIo::new(upgraded), hub, peer).await,
+            Ok(upgraded) => session_with(TokioIo::new(upgraded), hub, peer, mode).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
         drop(conn);
@@ -254,6 +270,14 @@ pub async fn session<S>(io: S, hub: Hub, peer: Option<std::net::IpAddr>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    session_with(io, hub, peer, Mode::Calls).await;
+}
+
+/// [`session`] in the given mode.
+async fn session_with<S>(io: S, hub: Hub, peer: Option<std::net::IpAddr>, mode: Mode)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let max = hub.config.max_frame_bytes;
     let hard_limit = max.saturating_mul(4);
     let mut ws_config = WebSocketConfig::default();
@@ -291,6 +315,7 @@ where
         &in_flight,
         &peer,
         &subscriptions,
+        mode,
     )
     .await;
     // The client's routed calls stop waiting; as a provider it serves nothing any more, and
@@ -443,6 +468,7 @@ async fn read_loop<S>(
     in_flight: &Arc<Semaphore>,
     peer: &Peer,
     subscriptions: &Arc<Connection>,
+    mode: Mode,
 ) -> CloseFrame
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -570,6 +596,27 @@ where
                 "-",
             ));
             reply_later(tx, outcome, None, encoding, permit);
+            continue;
+        }
+        if mode == Mode::Echo {
+            let echo = match text {
+                Some(t) => Message::Text(t),
+                None => Message::Binary(bytes),
+            };
+            // Queued by the reader itself, so echoes go out in the order the messages came;
+            // while the queue is full the reader waits (back-pressure, as for calls).
+            match tx.try_send(echo) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(echo)) => tokio::select! {
+                    biased;
+                    _ = &mut shutdown => return away(),
+                    r = tx.send(echo) => if r.is_err() {
+                        return gone();
+                    },
+                },
+                Err(mpsc::error::TrySendError::Closed(_)) => return gone(),
+            }
+            drop(permit);
             continue;
         }
         // A provider's successful result in JSON is read without building a value: its data
