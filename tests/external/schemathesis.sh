@@ -56,14 +56,26 @@ create /api/scheduler/scheduler/queue/ '{"id": "q", "jobs": []}'
 create /api/scheduler/scheduler/queue/ '{"name": "nightly", "priority": 3}'
 
 # --- schemathesis ----------------------------------------------------------------------------
-echo "== schemathesis $ST_VERSION run $BASE/api/openapi.json --checks all --seed $SEED --max-examples $MAX_EXAMPLES"
+# Three checks are left out, each for a documented behaviour of the bridge that OpenAPI cannot
+# express (docs/CONFORMANCE.md):
+# - not_a_server_error: RUN on an endpoint no provider serves answers NO_PROVIDER with 503, as
+#   SPEC section 8 says; the method is a header value, not an operation, so it cannot be left
+#   out alone. A real server error is an INTERNAL reply, which the hub logs: the log is
+#   checked for those (and for panics) below.
+# - positive_data_acceptance: the object id may come in the path, a header or the query
+#   string, and parameters have a grammar of their own; generated "valid" requests the hub
+#   rightly refuses with 400.
+# - negative_data_rejection: a header wins over its query-string twin, so a bad twin next to a
+#   good header is never read and the call succeeds.
+EXCLUDED=${EXCLUDED:-not_a_server_error,positive_data_acceptance,negative_data_rejection}
+echo "== schemathesis $ST_VERSION run $BASE/api/openapi.json --checks all --exclude-checks $EXCLUDED --seed $SEED --max-examples $MAX_EXAMPLES"
 status=0
 # From the run directory, where schemathesis keeps its own state (.schemathesis/).
 (cd "$RUN" && "$VENV/bin/schemathesis" run "$BASE/api/openapi.json" \
-  --checks all --seed "$SEED" --max-examples "$MAX_EXAMPLES" \
+  --checks all --exclude-checks "$EXCLUDED" --seed "$SEED" --max-examples "$MAX_EXAMPLES" \
   --workers 1 --request-timeout 10 --suppress-health-check all \
   --report junit,ndjson --report-dir "$RUN/report" "$@") || status=$?
-if grep -E -q 'panicked|INTERNAL' "$RUN/hub.log"; then
+if grep -E -q 'panicked|INTERNAL|"status":500' "$RUN/hub.log"; then
   echo "the hub logged a panic or an INTERNAL error:" >&2
   grep -E 'panicked|INTERNAL' "$RUN/hub.log" | head -20 >&2
   status=1
