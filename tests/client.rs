@@ -861,11 +861,11 @@ async fn after_a_hub_restart_a_subscription_resumes_with_exactly_the_missed_even
     };
     let url = format!("http://{addr}");
     let hub = FixedHub::start(addr, dir.path()).await;
-    // The subscriber waits at least 750 ms before reconnecting, so the writes made right
-    // after the restart happen while it is away.
+    // The subscriber waits at least 2.5 s before reconnecting, so the writes made right
+    // after the restart happen while it is away (even on a slow, shared machine).
     let slow = config(&url).with_backoff(Backoff {
-        initial: Duration::from_millis(1500),
-        max: Duration::from_millis(1500),
+        initial: Duration::from_millis(5000),
+        max: Duration::from_millis(5000),
         factor: 1.0,
     });
     let subscriber = Client::connect(slow).await.unwrap();
