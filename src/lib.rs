@@ -10,6 +10,7 @@ pub mod config;
 pub mod dispatch;
 pub mod fanout;
 pub mod log;
+pub mod ops;
 pub mod protocol;
 pub mod query;
 pub mod router;

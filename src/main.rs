@@ -149,7 +149,7 @@ fn main() -> ExitCode {
                     .map(|a| a.to_string())
                     .unwrap_or_default();
                 let tls = config.tls_cert.is_some();
-                tracing::info!(%addr, tls, "flowhub listening: HTTP /api/, WebSocket /ws, /health");
+                tracing::info!(%addr, tls, "flowhub listening: HTTP /api/, WebSocket /ws, /health, /ready, /metrics");
                 flowhub::server::serve(listener, opened, config, shutdown).await;
                 tracing::info!("flowhub stopped");
                 ExitCode::SUCCESS

@@ -1,5 +1,5 @@
 //! The listener: one TCP port serving the HTTP bridge (`/api/...`), the WebSocket upgrade
-//! (`/ws`) and the operational endpoints (`/health`).
+//! (`/ws`) and the operational endpoints (`/health`, `/ready`, `/metrics`: [`ops`]).
 //!
 //! Each accepted connection gets its own task; the HTTP parse and the WebSocket handshake run
 //! there, under a timeout, so a slow client never stalls the accept loop. A semaphore bounds
@@ -14,6 +14,7 @@
 
 pub mod http;
 pub mod openapi;
+pub mod ops;
 pub mod tls;
 pub mod ws;
 
@@ -86,6 +87,7 @@ pub async fn serve(
             },
             _ = stop.cancelled() => break,
         };
+        crate::ops::series().connections_accepted.increment(1);
         let _ = stream.set_nodelay(true);
         // Shared by the connection and, after an upgrade, its WebSocket session: released
         // when both are gone.
@@ -143,6 +145,8 @@ async fn connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // A caller in the metrics until it ends; once upgraded, its WebSocket session counts it.
+    let _open = crate::ops::connections::Open::caller();
     let hub2 = hub.clone();
     let conn_permit = permit.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -182,8 +186,8 @@ async fn route(
     let path = req.uri().path();
     Ok(if path == "/ws" || path == "/ws/" {
         ws::upgrade(req, hub, conn)
-    } else if path == "/health" {
-        http::json_response(200, Bytes::from_static(b"{\"status\":\"ok\"}"))
+    } else if ops::PATHS.contains(&path) {
+        ops::handle(req, &hub).await
     } else if path.starts_with("/api/") || path == "/api" {
         http::handle(req, hub).await
     } else {
