@@ -537,3 +537,23 @@ async fn ready_says_unavailable_while_the_log_refuses_writes() {
         .expect("the hub stops")
         .unwrap();
 }
+
+#[tokio::test]
+async fn while_the_log_is_read_back_health_is_ok_and_ready_is_not() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let responder = flowhub::transport::recovering::start(listener, None, Duration::from_secs(10));
+    let health = common::http(addr, "GET", "/health", &[], b"").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), json!({"status": "ok"}));
+    let ready = common::http(addr, "GET", "/ready", &[], b"").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "recovering");
+    let call = common::http(addr, "GET", "/api/a/a/b/", &[], b"").await;
+    assert_eq!(call.status, 503);
+    assert_eq!(call.json()["errorcode"], "UNAVAILABLE");
+    assert_eq!(call.header("retry-after"), Some("1"));
+    // The listener is handed on, still bound to the same port.
+    let listener = responder.finish().await;
+    assert_eq!(listener.local_addr().unwrap(), addr);
+}

@@ -15,6 +15,7 @@
 pub mod http;
 pub mod openapi;
 pub mod ops;
+pub mod recovering;
 pub mod tls;
 pub mod ws;
 
