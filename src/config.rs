@@ -28,6 +28,10 @@ pub struct Config {
     pub fsync_interval_ms: u64,
     /// A log segment file is closed and a new one started past this size.
     pub segment_bytes: u64,
+    /// Under `durability = "always"`, log segments are written full of zeros ahead of time
+    /// (one spare segment in the background), so that an fsync writes the data alone.
+    /// `FLOWHUB_PREALLOCATE`.
+    pub preallocate: bool,
     /// A snapshot is taken once the log written since the last one is at least this large
     /// and at least as large as that snapshot; the segments it covers are then removed.
     pub snapshot_min_bytes: u64,
@@ -44,13 +48,27 @@ pub struct Config {
     pub max_depth: usize,
     /// Connections held at once; further connections wait in the accept queue.
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 address: its /64) may hold at once; a
+    /// further one is refused (HTTP 429, or close 1013 after a WebSocket upgrade). 0: no
+    /// limit. Behind a reverse proxy every client has the proxy's address.
+    pub max_connections_per_address: usize,
+    /// HTTP requests one client address may send per second (as many at once); more get
+    /// `RATE_LIMITED` (429) with `Retry-After`. 0: no limit.
+    pub http_requests_per_s_per_address: u64,
     /// Calls in flight on one WebSocket; past this the hub stops reading from that socket
     /// until a reply has been sent.
     pub max_calls_in_flight: usize,
     /// Frames waiting to be written to one WebSocket.
     pub outbound_queue: usize,
-    /// Time a new connection has to send its HTTP request or WebSocket upgrade.
+    /// Time a new connection has to complete its TLS handshake and send its HTTP request or
+    /// WebSocket upgrade (and then an HTTP request its body).
     pub handshake_timeout_ms: u64,
+    /// A WebSocket that sent no frame for this long is sent a ping (answered by every
+    /// WebSocket client, browsers included, without the application's help). 0: no pings.
+    pub ping_interval_ms: u64,
+    /// A WebSocket that sent nothing, not even a pong, for this long is closed with 4002.
+    /// At least twice `ping_interval_ms`. 0: never.
+    pub idle_timeout_ms: u64,
     /// Time calls in flight get to finish on SIGTERM or Ctrl-C.
     pub shutdown_grace_ms: u64,
     /// A LIST on a collection at least this large indexes the fields it filters or sorts on.
@@ -96,6 +114,7 @@ impl Default for Config {
             durability: "always".into(),
             fsync_interval_ms: 100,
             segment_bytes: 64 << 20,
+            preallocate: true,
             snapshot_min_bytes: 64 << 20,
             log: "info".into(),
             log_format: "text".into(),
@@ -103,9 +122,13 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             max_depth: 32,
             max_connections: 16_384,
+            max_connections_per_address: 1024,
+            http_requests_per_s_per_address: 0,
             max_calls_in_flight: 256,
             outbound_queue: 1024,
             handshake_timeout_ms: 10_000,
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
             auto_index_min: 1000,
             max_list_items: 10_000,
@@ -190,6 +213,12 @@ impl Config {
                 "DURABILITY" => self.durability = v,
                 "FSYNC_INTERVAL_MS" => self.fsync_interval_ms = num(&key, &v)?,
                 "SEGMENT_BYTES" => self.segment_bytes = num(&key, &v)?,
+                "PREALLOCATE" => {
+                    self.preallocate = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("{key}={v:?} is not true or false"))?
+                }
                 "SNAPSHOT_MIN_BYTES" => self.snapshot_min_bytes = num(&key, &v)?,
                 "LOG" => self.log = v,
                 "LOG_FORMAT" => self.log_format = v,
@@ -197,9 +226,15 @@ impl Config {
                 "MAX_BODY_BYTES" => self.max_body_bytes = num(&key, &v)?,
                 "MAX_DEPTH" => self.max_depth = num(&key, &v)?,
                 "MAX_CONNECTIONS" => self.max_connections = num(&key, &v)?,
+                "MAX_CONNECTIONS_PER_ADDRESS" => self.max_connections_per_address = num(&key, &v)?,
                 "MAX_CALLS_IN_FLIGHT" => self.max_calls_in_flight = num(&key, &v)?,
                 "OUTBOUND_QUEUE" => self.outbound_queue = num(&key, &v)?,
                 "HANDSHAKE_TIMEOUT_MS" => self.handshake_timeout_ms = num(&key, &v)?,
+                "HTTP_REQUESTS_PER_S_PER_ADDRESS" => {
+                    self.http_requests_per_s_per_address = num(&key, &v)?
+                }
+                "PING_INTERVAL_MS" => self.ping_interval_ms = num(&key, &v)?,
+                "IDLE_TIMEOUT_MS" => self.idle_timeout_ms = num(&key, &v)?,
                 "SHUTDOWN_GRACE_MS" => self.shutdown_grace_ms = num(&key, &v)?,
                 "AUTO_INDEX_MIN" => self.auto_index_min = num(&key, &v)?,
                 "MAX_LIST_ITEMS" => self.max_list_items = num(&key, &v)?,
@@ -284,6 +319,18 @@ impl Config {
         if self.max_list_items == 0 {
             return Err("max_list_items must be at least 1".into());
         }
+        // A quiet client answers a ping every ping_interval_ms; one whose last frame came
+        // just after a check is pinged two intervals later, so the idle timeout must allow
+        // two intervals or live clients would be closed.
+        if self.idle_timeout_ms != 0
+            && (self.ping_interval_ms == 0
+                || self.idle_timeout_ms < self.ping_interval_ms.saturating_mul(2))
+        {
+            return Err(format!(
+                "idle_timeout_ms ({}) must be at least twice ping_interval_ms ({}), and pings must be on (ping_interval_ms > 0); 0 turns the idle timeout off",
+                self.idle_timeout_ms, self.ping_interval_ms
+            ));
+        }
         self.auth.validate()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key go together: give both or neither".into());
@@ -344,6 +391,52 @@ mod tests {
             Config::load(None, vec![], &Overrides::default()).unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn connection_limits_and_keep_alive_come_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hub.toml");
+        std::fs::write(
+            &file,
+            "max_connections_per_address = 7\nping_interval_ms = 1000\nidle_timeout_ms = 5000\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), vec![], &Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                c.max_connections_per_address,
+                c.ping_interval_ms,
+                c.idle_timeout_ms
+            ),
+            (7, 1000, 5000)
+        );
+        let env = vec![
+            (
+                "FLOWHUB_MAX_CONNECTIONS_PER_ADDRESS".to_string(),
+                "0".to_string(),
+            ),
+            ("FLOWHUB_PING_INTERVAL_MS".into(), "0".into()),
+            ("FLOWHUB_IDLE_TIMEOUT_MS".into(), "0".into()),
+        ];
+        let c = Config::load(Some(&file), env, &Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                c.max_connections_per_address,
+                c.ping_interval_ms,
+                c.idle_timeout_ms
+            ),
+            (0, 0, 0)
+        );
+        // The idle timeout must leave a quiet client two intervals to answer a ping.
+        for (ping, idle) in [("1000", "1999"), ("0", "5000")] {
+            let env = vec![
+                ("FLOWHUB_PING_INTERVAL_MS".to_string(), ping.to_string()),
+                ("FLOWHUB_IDLE_TIMEOUT_MS".into(), idle.into()),
+            ];
+            let e = Config::load(None, env, &Overrides::default()).unwrap_err();
+            assert!(e.contains("idle_timeout_ms"), "{e}");
+        }
     }
 
     #[test]

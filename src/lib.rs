@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod fanout;
+pub mod limits;
 pub mod log;
 pub mod ops;
 pub mod protocol;

@@ -147,7 +147,8 @@ pub fn open(config: &Config) -> Result<Opened, String> {
     let from_log = recovered.records.len();
     let last_seq = recovered.last_seq.max(base_seq);
     let file_log = FileLog::open(&log_dir, policy, config.segment_bytes, recovered.tail)
-        .map_err(|e| format!("cannot open the log in {}: {e}", log_dir.display()))?;
+        .map_err(|e| format!("cannot open the log in {}: {e}", log_dir.display()))?
+        .with_preallocation(config.preallocate && policy == Durability::Always);
     let log = SnapshottingLog::new(
         file_log,
         snapshot_dir,
@@ -259,6 +260,7 @@ pub async fn serve(
             config.max_list_items,
         )
         .with_auth(auth),
+        http_rates: transport::address::Rates::new(config.http_requests_per_s_per_address),
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),

@@ -304,6 +304,35 @@ async fn websocket_token_per_call_login_frame_grace_period_and_revocation() {
 }
 
 #[tokio::test]
+async fn frames_sent_right_after_a_login_frame_see_the_login() {
+    let hub = TestHub::start_secure(config()).await;
+    // Login, a call, a subscription and another call, back to back without waiting: each
+    // frame after the login is read only once the login is done, so none is refused.
+    for _ in 0..5 {
+        let mut ws = hub.ws().await;
+        let frames = [
+            json!({"type": "login", "requestid": "l", "username": "admin", "password": ADMIN_PW}),
+            json!({"requestid": "c", "endpoint": "address/address", "method": "CREATE", "data": {"city": "Borg"}}),
+            json!({"type": "subscribe", "requestid": "s", "endpoint": "address/address"}),
+            json!({"requestid": "d", "endpoint": "address/address", "method": "CREATE", "data": {"city": "Envik"}}),
+        ];
+        for f in &frames {
+            ws.send(f, common::Enc::Json).await;
+        }
+        let mut replies = std::collections::BTreeMap::new();
+        while replies.len() < frames.len() {
+            let v = ws.recv().await.expect("the socket stays open");
+            if let Some(rid) = v["requestid"].as_str() {
+                replies.insert(rid.to_string(), v);
+            }
+        }
+        for (rid, r) in &replies {
+            assert_eq!(r["success"], true, "{rid}: {r}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn gui_role_may_list_and_open_but_not_update() {
     let hub = TestHub::start_secure(config()).await;
     let admin = basic("admin", ADMIN_PW);

@@ -309,8 +309,8 @@ async fn every_cut_in_the_last_records_leaves_a_prefix_and_the_hub_starts() {
             None => assert_eq!(cut, boundary, "cut at {cut}: no torn tail reported"),
             Some(t) => {
                 assert_eq!(
-                    (t.offset, t.bytes, t.zeros),
-                    (boundary as u64, (cut - boundary) as u64, false),
+                    (t.offset, t.bytes),
+                    (boundary as u64, (cut - boundary) as u64),
                     "cut at {cut}: the torn tail names the bytes dropped"
                 );
                 assert_eq!(t.file, seg);
@@ -327,15 +327,16 @@ async fn every_cut_in_the_last_records_leaves_a_prefix_and_the_hub_starts() {
 }
 
 #[tokio::test]
-async fn zeros_after_the_last_record_are_a_torn_tail() {
+async fn zeros_after_the_last_record_are_free_space_and_a_cut_record_before_them_is_torn() {
     let h = history(60).await;
     let segs = segments(&h.image.join("log")).unwrap();
     let last = segs.last().unwrap();
     let recs = records_of(last);
     let (at, len, _) = *recs.last().unwrap();
     let work = tempfile::tempdir().unwrap();
-    // A file extended with zeros after the last record, and a last record cut short and
-    // followed by zeros: both what a crash may leave on some filesystems.
+    // Zeros after the last record: the free rest of a preallocated segment (or a file a
+    // filesystem extended but never wrote). A last record cut short and followed by zeros:
+    // what a crash may leave in a preallocated segment.
     for (name, keep, zeros) in [
         ("after-whole", at + len, 4096),
         ("after-cut", at + len / 2, 8192),
@@ -349,18 +350,24 @@ async fn zeros_after_the_last_record_are_a_torn_tail() {
         bytes.resize(keep + zeros, 0);
         std::fs::write(&seg, &bytes).unwrap();
         let got = recover(&dir.join("log"), 0, false).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let k = if keep == at + len {
+        let whole = keep == at + len;
+        let k = if whole {
             h.acks.len()
         } else {
             h.acks.len() - 1
         };
         assert_eq!(got.records.len(), k, "{name}");
-        let torn = got.torn.expect("a torn tail");
+        match &got.torn {
+            None => assert!(whole, "{name}: the cut record is a torn tail"),
+            Some(torn) => {
+                assert!(!whole, "{name}: zeros alone are no torn tail: {torn}");
+                assert_eq!(torn.offset, at as u64, "{name}");
+            }
+        }
         assert_eq!(
-            torn.offset,
-            at as u64 + if k == h.acks.len() { len as u64 } else { 0 }
+            got.tail.as_ref().map(|t| t.1),
+            Some(if whole { at + len } else { at } as u64)
         );
-        assert_eq!(torn.zeros, keep == at + len, "{name}");
         assert_opens_with_prefix(&dir, &h.acks, k, name).await;
     }
 }

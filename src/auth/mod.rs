@@ -884,6 +884,7 @@ impl Auth {
                 SessionState::Pending => {
                     tokio::select! {
                         () = tokio::time::sleep_until(deadline) => {
+                            crate::limits::breach(crate::limits::Limit::AuthTimeout);
                             return format!("not authenticated within {} ms", grace.as_millis());
                         }
                         r = rx.changed() => if r.is_err() { return std::future::pending().await },

@@ -146,7 +146,8 @@ fn summary_lines(
         _ => "no sequence numbers".to_string(),
     };
     let mut lines = vec![format!(
-        "summary: {} in {}: {} segments, {} records, {} bytes, {seqs}; {shown} shown",
+        "summary: {} in {}: {} segments, {} records, {} bytes ({} preallocated, free), {seqs}; \
+         {shown} shown",
         if i.findings.iter().any(|f| !f.torn_tail) {
             "DAMAGED log"
         } else {
@@ -156,6 +157,7 @@ fn summary_lines(
         i.segments.len(),
         i.records,
         i.bytes,
+        i.free,
     )];
     if let Some((path, seq)) = snapshot {
         lines.push(format!(
@@ -208,6 +210,7 @@ fn summary_json(
         "segments": i.segments.len(),
         "records": i.records,
         "bytes": i.bytes,
+        "free_bytes": i.free,
         "first_seq": i.first_seq,
         "last_seq": i.last_seq,
         "shown": shown,

@@ -458,6 +458,7 @@ impl Dispatcher {
                 }
                 let result = self.store.list(ep, ns, &query);
                 if result.items.len() > max {
+                    crate::limits::breach(crate::limits::Limit::MaxListItems);
                     return Err(FlowError::too_large(format!(
                         "LIST would return more than {max} objects ({} match); paginate with pagination.size and pagination.from",
                         result.count

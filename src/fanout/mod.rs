@@ -333,6 +333,7 @@ impl Outbox {
         if queued > self.limit {
             self.queued.fetch_sub(size, Ordering::AcqRel);
             if !self.is_slow.swap(true, Ordering::AcqRel) {
+                crate::limits::breach(crate::limits::Limit::MaxOutboundBytes);
                 tracing::warn!(
                     conn = self.conn,
                     queued_bytes = queued - size,

@@ -92,6 +92,7 @@ impl Connection {
         let sub = {
             let mut subs = self.subs.lock();
             if subs.len() >= inner.config.max_subscriptions {
+                crate::limits::breach(crate::limits::Limit::MaxSubscriptions);
                 return Err(FlowError::new(
                     ErrorCode::TooLarge,
                     format!(
@@ -388,6 +389,7 @@ fn reload(
             };
             let (result, at) = store.list_at(&sub.endpoint, &sub.namespace, &query);
             if result.items.len() > max {
+                crate::limits::breach(crate::limits::Limit::MaxListItems);
                 return Err(FlowError::too_large(format!(
                         "the snapshot would hold more than {max} objects ({} match); subscribe without a snapshot and LIST with pagination",
                         result.count

@@ -6,6 +6,15 @@
 //! is named after the first sequence number it holds (`00000000000000000001.seg`) and a new
 //! one is started when the current one passes `segment_bytes`.
 //!
+//! Preallocation (under `always`, unless turned off): a segment is made ahead of time by a
+//! background thread, as the magic followed by `segment_bytes` of zeros, written and fsynced
+//! (`spare.prealloc`, renamed into place when a segment starts). Appends then overwrite
+//! blocks that already exist, so an `fdatasync` writes the data alone, not also the
+//! filesystem's journal for a grown file; and a full disk does not stop writes until the
+//! segment is used up. Readers take zeros after the last record as free space. A segment that
+//! is not preallocated (the first of a fresh log, before the spare is ready, or one cut back
+//! after a failed write) is closed early as soon as a spare is ready.
+//!
 //! Failure: when a write or an fsync fails, the batch is refused and the segment is cut back
 //! to its last good length, so that a refused write can never come back at the next start.
 //! Until that cut succeeds (and it is retried on every later append) the log refuses every
@@ -40,7 +49,13 @@ struct Segment {
     path: PathBuf,
     /// Bytes known to be whole records (plus the magic).
     good_len: u64,
+    /// Zeros follow `good_len` (the segment was preallocated).
+    preallocated: bool,
 }
+
+/// The spare segment, and the name it is written under until it is whole.
+const SPARE: &str = "spare.prealloc";
+const SPARE_TMP: &str = "spare.prealloc.tmp";
 
 /// The file log.
 pub struct FileLog {
@@ -54,6 +69,12 @@ pub struct FileLog {
     last_sync: Instant,
     /// Shared with the interval syncer thread: the file it should fsync.
     syncer_target: Option<Arc<Mutex<Option<Arc<File>>>>>,
+    /// Whether segments are preallocated.
+    preallocate: bool,
+    /// A whole spare segment is in the directory.
+    spare_ready: bool,
+    /// The thread writing the spare.
+    spare_job: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
 /// The name of the segment that starts at `seq`.
@@ -97,12 +118,18 @@ impl FileLog {
             }
             Some((path, good_len)) => {
                 let file = OpenOptions::new().read(true).write(true).open(&path)?;
-                file.set_len(good_len)?;
-                file.sync_all()?;
+                // Zeros after the records (a preallocated segment) stay; anything else there
+                // (a torn tail, whose warning recovery gave) is cut off.
+                let preallocated = zeros_after(&file, good_len)?;
+                if !preallocated {
+                    file.set_len(good_len)?;
+                    file.sync_all()?;
+                }
                 Some(Segment {
                     file: Arc::new(file),
                     path,
                     good_len,
+                    preallocated,
                 })
             }
             None => None,
@@ -116,11 +143,66 @@ impl FileLog {
             buf: Vec::with_capacity(1 << 20),
             last_sync: Instant::now(),
             syncer_target: None,
+            preallocate: false,
+            spare_ready: false,
+            spare_job: None,
         };
         if let Durability::Interval(ms) = durability {
             log.start_syncer(Duration::from_millis(ms.max(1)));
         }
         Ok(log)
+    }
+
+    /// Preallocates segments (see the module's comment): a spare is made at once, in the
+    /// background, unless a whole one is already in the directory.
+    pub fn with_preallocation(mut self, on: bool) -> FileLog {
+        self.preallocate = on;
+        let _ = std::fs::remove_file(self.dir.join(SPARE_TMP));
+        let spare = self.dir.join(SPARE);
+        if on {
+            self.spare_ready = is_spare(&spare);
+            if !self.spare_ready {
+                let _ = std::fs::remove_file(&spare);
+            }
+            self.prepare_spare();
+        } else {
+            let _ = std::fs::remove_file(&spare);
+        }
+        self
+    }
+
+    /// Starts writing a spare segment in the background, unless one is ready or on its way.
+    fn prepare_spare(&mut self) {
+        if !self.preallocate || self.spare_ready || self.spare_job.is_some() {
+            return;
+        }
+        let (dir, size) = (self.dir.clone(), self.segment_bytes);
+        match std::thread::Builder::new()
+            .name("flowhub-log-spare".into())
+            .spawn(move || make_spare(&dir, size))
+        {
+            Ok(job) => self.spare_job = Some(job),
+            Err(e) => tracing::warn!(error = %e, "cannot start preallocating a log segment"),
+        }
+    }
+
+    /// Whether a spare segment is ready to be used; collects the thread that wrote it.
+    fn spare_is_ready(&mut self) -> bool {
+        if self
+            .spare_job
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
+            match self.spare_job.take().map(std::thread::JoinHandle::join) {
+                Some(Ok(Ok(()))) => self.spare_ready = true,
+                // Tried again when the next segment starts; meanwhile segments grow as written.
+                Some(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "cannot preallocate a log segment; appending to a growing file instead")
+                }
+                _ => tracing::warn!("the thread preallocating a log segment failed"),
+            }
+        }
+        self.spare_ready
     }
 
     /// Under `interval`, a thread fsyncs the current segment every period, so the loss window
@@ -155,15 +237,26 @@ impl FileLog {
         }
         self.current = None;
         let path = self.dir.join(segment_name(first_seq));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        file.write_all(MAGIC)?;
-        file.sync_all()?;
-        sync_dir(&self.dir)?;
+        let preallocated = self.preallocate && self.spare_is_ready();
+        let file = if preallocated {
+            // Whole and fsynced before it got its name: the magic, then zeros.
+            self.spare_ready = false;
+            std::fs::rename(self.dir.join(SPARE), &path)?;
+            sync_dir(&self.dir)?;
+            OpenOptions::new().read(true).write(true).open(&path)?
+        } else {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            file.write_all(MAGIC)?;
+            file.sync_all()?;
+            sync_dir(&self.dir)?;
+            file
+        };
+        self.prepare_spare();
         let file = Arc::new(file);
         if let Some(t) = &self.syncer_target {
             *t.lock() = Some(file.clone());
@@ -172,15 +265,17 @@ impl FileLog {
             file,
             path,
             good_len: MAGIC.len() as u64,
+            preallocated,
         });
         Ok(())
     }
 
     /// Cuts the segment back to its last good length after a failed append.
     fn heal(&mut self) -> io::Result<()> {
-        if let Some(seg) = &self.current {
+        if let Some(seg) = &mut self.current {
             seg.file.set_len(seg.good_len)?;
             seg.file.sync_all()?;
+            seg.preallocated = false;
         }
         self.broken = false;
         tracing::info!("the log is writable again");
@@ -192,10 +287,11 @@ impl FileLog {
         for rec in batch {
             check(rec).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         }
+        let growing = self.current.as_ref().is_some_and(|s| !s.preallocated);
         let needs_new = match &self.current {
             None => true,
             Some(seg) => seg.good_len >= self.segment_bytes,
-        };
+        } || (growing && self.preallocate && self.spare_is_ready());
         if needs_new {
             self.start_segment(batch[0].seq)?;
         }
@@ -249,6 +345,78 @@ impl FileLog {
     }
 }
 
+/// Writes a spare segment: the magic and zeros up to `size` bytes, fsynced, then renamed to
+/// its name (so a spare under that name is always whole) and the directory fsynced.
+fn make_spare(dir: &Path, size: u64) -> io::Result<()> {
+    let tmp = dir.join(SPARE_TMP);
+    let made = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(MAGIC)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = size.saturating_sub(MAGIC.len() as u64);
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(SPARE))?;
+        sync_dir(dir)
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(dir.join(SPARE));
+    }
+    made
+}
+
+/// Whether `path` is a spare segment left by an earlier run: the magic, then only zeros.
+fn is_spare(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut magic = [0u8; MAGIC.len()];
+    read_exact_at(&file, &mut magic, 0).is_ok()
+        && &magic == MAGIC
+        && zeros_after(&file, MAGIC.len() as u64).unwrap_or(false)
+}
+
+/// Whether the file holds only zeros after `from` (and more than nothing).
+fn zeros_after(file: &File, from: u64) -> io::Result<bool> {
+    let len = file.metadata()?.len();
+    if len <= from {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; (len - from).min(1 << 20) as usize];
+    let mut at = from;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        read_exact_at(file, &mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
+}
+
 #[cfg(unix)]
 fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
@@ -292,5 +460,158 @@ impl Drop for FileLog {
         if let Some(seg) = &self.current {
             let _ = seg.file.sync_all();
         }
+        // A spare being written is finished, so that nothing writes in the directory after
+        // the log is gone.
+        if let Some(job) = self.spare_job.take() {
+            let _ = job.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::recovery::{inspect, recover, segments};
+    use crate::log::tail::{read_range, Ended};
+    use bytes::Bytes;
+
+    const SEG: u64 = 64 << 10;
+
+    fn rec(seq: u64) -> LogRecord {
+        LogRecord {
+            seq,
+            created_seq: 1,
+            endpoint: "a/b".into(),
+            namespace: String::new(),
+            id: format!("o{}", seq % 7),
+            state: Some(Bytes::from(format!(
+                "{{\"n\":{seq},\"pad\":\"{}\"}}",
+                "p".repeat(200)
+            ))),
+            published: false,
+        }
+    }
+
+    fn sizes(dir: &Path) -> Vec<u64> {
+        segments(dir)
+            .unwrap()
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect()
+    }
+
+    #[test]
+    fn preallocated_segments_are_zeros_after_the_records_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = FileLog::open(dir.path(), Durability::Always, SEG, None)
+            .unwrap()
+            .with_preallocation(true);
+        // The first segment grows as written until the spare is ready, then the log moves on
+        // to preallocated ones.
+        let mut seq = 0;
+        let started = Instant::now();
+        while !(log.current.as_ref().is_some_and(|s| s.preallocated)
+            && sizes(dir.path()).len() >= 3)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no preallocated segment"
+            );
+            seq += 1;
+            log.append(&[rec(seq)]).unwrap();
+        }
+        // Part of the way into the current (preallocated) segment.
+        for _ in 0..10 {
+            seq += 1;
+            log.append(&[rec(seq)]).unwrap();
+        }
+        let (current, good_len) = log
+            .current_segment()
+            .map(|(p, n)| (p.to_path_buf(), n))
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&current).unwrap().len(),
+            SEG,
+            "preallocated"
+        );
+        assert!(good_len < SEG);
+
+        let got = recover(dir.path(), 0, false).unwrap();
+        assert!(got.torn.is_none(), "zeros are free space, not a torn tail");
+        let seqs: Vec<u64> = got.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=seq).collect::<Vec<_>>());
+        assert_eq!(got.tail, Some((current.clone(), good_len)));
+        let found = inspect(dir.path(), |_, _, _| true).unwrap();
+        assert!(found.findings.is_empty(), "{:?}", found.findings);
+        assert_eq!(found.records, seq);
+        assert!(found.free >= SEG - good_len);
+        let mut read = Vec::new();
+        let ended = read_range(dir.path(), 0, seq, |r, in_range| {
+            if in_range {
+                read.push(r.seq);
+            }
+            true
+        })
+        .unwrap();
+        assert_eq!((ended, read.len() as u64), (Ended::Done, seq));
+
+        // Opened again where recovery ended: the zeros stay, appending goes on after the
+        // last record.
+        drop(log);
+        let mut log = FileLog::open(dir.path(), Durability::Always, SEG, got.tail)
+            .unwrap()
+            .with_preallocation(true);
+        assert_eq!(std::fs::metadata(&current).unwrap().len(), SEG);
+        for _ in 0..5 {
+            seq += 1;
+            log.append(&[rec(seq)]).unwrap();
+        }
+        drop(log);
+        let got = recover(dir.path(), 0, false).unwrap();
+        assert!(got.torn.is_none());
+        let seqs: Vec<u64> = got.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=seq).collect::<Vec<_>>());
+        // The spare for the next segment is whole, and nothing is left half written.
+        assert!(is_spare(&dir.path().join(SPARE)));
+        assert!(!dir.path().join(SPARE_TMP).exists());
+    }
+
+    #[test]
+    fn a_failed_write_in_a_preallocated_segment_is_cut_back_and_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = FileLog::open(dir.path(), Durability::Always, SEG, None)
+            .unwrap()
+            .with_preallocation(true);
+        let started = Instant::now();
+        let mut seq = 0;
+        while !log.current.as_ref().is_some_and(|s| s.preallocated) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no preallocated segment"
+            );
+            seq += 1;
+            log.append(&[rec(seq)]).unwrap();
+        }
+        // A write that failed half way: bytes of it after the last record, the log broken.
+        let (path, good) = log
+            .current_segment()
+            .map(|(p, n)| (p.to_path_buf(), n))
+            .unwrap();
+        write_all_at(&log.current.as_ref().unwrap().file, &[0xa5; 300], good).unwrap();
+        log.broken = true;
+        // The next append cuts them off first (the zeros go with them: that segment grows as
+        // written from there, or the log moves on to a new preallocated one).
+        seq += 1;
+        log.append(&[rec(seq)]).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() as u64 >= good);
+        assert!(
+            !bytes.windows(300).any(|w| w.iter().all(|&b| b == 0xa5)),
+            "the failed write is gone"
+        );
+        let got = recover(dir.path(), 0, false).unwrap();
+        let seqs: Vec<u64> = got.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=seq).collect::<Vec<_>>());
+        assert!(got.torn.is_none());
     }
 }

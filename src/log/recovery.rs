@@ -3,10 +3,14 @@
 //! (`flowhub repair`). [`inspect`] reads the same way without changing anything, for
 //! `flowhub log dump`.
 //!
+//! A segment's records may be followed by zeros: the rest of a preallocated segment (see
+//! [`super::file`]), or what a filesystem that extended the file but never wrote the data
+//! leaves. Zeros to the end of a segment are free space, in any segment: reading stops there.
+//!
 //! A torn tail is what a crash in the middle of the last append leaves: a last record that
-//! is incomplete or fails its checksum (or zeros, where a filesystem extended the file but
-//! never wrote the data), with nothing intact after it. A bad record followed by intact ones
-//! is damage, never a torn tail, and so is any bad record in an earlier segment.
+//! is incomplete or fails its checksum (possibly followed by zeros), with nothing intact after
+//! it. A bad record followed by intact ones is damage, never a torn tail, and so is any bad
+//! record in an earlier segment.
 //!
 //! Sequence numbers have no gaps (a refused batch gives its numbers back): a record whose
 //! number is not the previous one plus one is damage (records out of order, or missing).
@@ -57,8 +61,6 @@ pub struct TornTail {
     pub offset: u64,
     /// Bytes after `offset`.
     pub bytes: u64,
-    /// Whether those bytes are all zeros (a file extended but never written).
-    pub zeros: bool,
 }
 
 impl fmt::Display for TornTail {
@@ -71,8 +73,6 @@ impl fmt::Display for TornTail {
             self.offset,
             if self.offset < MAGIC.len() as u64 {
                 "a segment torn while being created"
-            } else if self.zeros {
-                "zeros after the last record"
             } else {
                 "a torn record"
             }
@@ -162,6 +162,8 @@ fn head(buf: &[u8], last: bool) -> Head {
 /// What lies at `at` of a segment, judged in context.
 enum At {
     Record(LogRecord, usize),
+    /// Zeros from here to the end of the segment: free space, no record.
+    Free,
     /// From here to the end: a torn write at the tail of the last segment.
     Torn,
     /// Bad bytes that are not a torn tail.
@@ -172,6 +174,7 @@ fn read_at(buf: &Bytes, at: usize, last: bool) -> At {
     // Records share the segment's buffer rather than copying their state out of it.
     match decode_shared(&buf.slice(at..)) {
         Decoded::Record(rec, used) => At::Record(rec, used),
+        _ if buf[at..].iter().all(|&b| b == 0) => At::Free,
         _ if last && !intact_record_after(&buf[at..]) => At::Torn,
         Decoded::Truncated if last => {
             At::Bad("a record is cut short and intact records follow it".into())
@@ -351,7 +354,6 @@ pub fn recover(dir: &Path, after_seq: u64, repair: bool) -> Result<Recovered, Re
                     file: path.clone(),
                     offset: 0,
                     bytes: buf.len() as u64,
-                    zeros: false,
                 });
             }
             Head::WrongMagic => {
@@ -375,13 +377,12 @@ pub fn recover(dir: &Path, after_seq: u64, repair: bool) -> Result<Recovered, Re
                     }
                     at += used;
                 }
+                At::Free => break,
                 At::Torn => {
-                    let rest = &buf[at..];
                     out.torn = Some(TornTail {
                         file: path.clone(),
                         offset: at as u64,
-                        bytes: rest.len() as u64,
-                        zeros: rest.iter().all(|&b| b == 0),
+                        bytes: (buf.len() - at) as u64,
                     });
                 }
                 At::Bad(why) => damage = Some((at as u64, why)),
@@ -394,7 +395,6 @@ pub fn recover(dir: &Path, after_seq: u64, repair: bool) -> Result<Recovered, Re
                         file = %torn.file.display(),
                         offset = torn.offset,
                         bytes = torn.bytes,
-                        zeros = torn.zeros,
                         "cutting a torn tail off the end of the log (a write that was never acknowledged)"
                     );
                 }
@@ -455,6 +455,8 @@ pub struct Inspection {
     pub records: u64,
     /// Bytes of every segment read.
     pub bytes: u64,
+    /// Of those, zeros after the last record of a segment (preallocated, not yet written).
+    pub free: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
     /// Damage and torn tails, in log order.
@@ -530,13 +532,13 @@ pub fn inspect(
                     }
                     at += used;
                 }
+                At::Free => {
+                    out.free += (buf.len() - at) as u64;
+                    break;
+                }
                 At::Torn => {
-                    let zeros = buf[at..].iter().all(|&b| b == 0);
-                    let reason = if zeros {
-                        "zeros after the last record"
-                    } else {
-                        "an incomplete record at the end (a write in progress, or torn by a crash)"
-                    };
+                    let reason =
+                        "an incomplete record at the end (a write in progress, or torn by a crash)";
                     out.findings
                         .push(finding(at, buf.len(), reason.into(), true));
                     break;

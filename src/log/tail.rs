@@ -76,6 +76,9 @@ pub fn read_range(
             if read_full(&mut r, &mut head)? < HEADER_LEN {
                 break; // the end of this segment (or a torn header past `upto`)
             }
+            if head.iter().all(|&b| b == 0) {
+                break; // the free (preallocated) rest of this segment
+            }
             let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
             if len > MAX_PAYLOAD {
                 return Ok(Ended::NotCovered);

@@ -33,9 +33,10 @@ use serde_json::Value;
 
 use super::Hub;
 use crate::dispatch::log_error;
+use crate::limits::{breach, Limit};
 use crate::protocol::frame::decode;
 use crate::protocol::params::normalize;
-use crate::protocol::{encode, Encoding, FlowError, Framing, Method, Outcome, Request};
+use crate::protocol::{encode, Encoding, ErrorCode, FlowError, Framing, Method, Outcome, Request};
 
 const MSGPACK: &str = "application/msgpack";
 
@@ -60,6 +61,50 @@ pub fn error_response(
 ) -> Response<Full<Bytes>> {
     let outcome: Outcome = Err(log_error(error, None, endpoint));
     outcome_response(&outcome, encoding)
+}
+
+/// `429 RATE_LIMITED` for a request on a connection refused because its address holds
+/// `max_connections_per_address` already; the connection closes after it.
+pub fn too_many_connections(hub: &Hub, path: &str) -> Response<Full<Bytes>> {
+    let mut r = error_response(
+        FlowError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many connections from this address: it holds {} already (max_connections_per_address); retry once one has closed",
+                hub.config.max_connections_per_address
+            ),
+        ),
+        path,
+        Encoding::Json,
+    );
+    r.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// `429 RATE_LIMITED` for a request from an address over `http_requests_per_s_per_address`;
+/// `Retry-After` says when the next one will be taken (whole seconds, at least 1).
+pub fn too_many_requests(hub: &Hub, path: &str, wait: Duration) -> Response<Full<Bytes>> {
+    breach(Limit::HttpRequestsPerAddress);
+    let mut r = error_response(
+        FlowError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many requests from this address: at most {} a second (http_requests_per_s_per_address); retry in {} ms",
+                hub.config.http_requests_per_s_per_address,
+                wait.as_millis().max(1)
+            ),
+        ),
+        path,
+        Encoding::Json,
+    );
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
 }
 
 /// `404` for paths outside `/api`, `/ws` and the operational endpoints.
@@ -160,6 +205,7 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
+                breach(Limit::MaxBodyBytes);
                 FlowError::too_large(format!(
                     "request body is larger than {} bytes",
                     hub.config.max_body_bytes
@@ -170,6 +216,7 @@ pub async fn handle(req: HttpRequest<Incoming>, hub: Hub) -> Response<Full<Bytes
             return error_response(err, &request.endpoint, reply_encoding);
         }
         Err(_) => {
+            breach(Limit::HandshakeTimeout);
             let err = FlowError::invalid(format!(
                 "request body did not arrive within {} ms",
                 hub.config.handshake_timeout_ms

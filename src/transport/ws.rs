@@ -22,8 +22,16 @@
 //! over four times `max_frame_bytes`, 1007 for a text frame that is not UTF-8, 1002 for another
 //! WebSocket protocol error, 3008 for a subscriber that fell behind, 4001 for a socket that
 //! did not authenticate within `auth.auth_timeout_ms` or whose login token expired or was
-//! revoked (SPEC 13.2). Messages over `max_frame_bytes` (but under the hard limit) get a
-//! `TOO_LARGE` reply and the socket stays.
+//! revoked (SPEC 13.2), 4002 for a socket that sent nothing, not even a pong, for
+//! `idle_timeout_ms`, 1013 for an upgrade refused because its address holds
+//! `max_connections_per_address` already. Messages over `max_frame_bytes` (but under the hard
+//! limit) get a `TOO_LARGE` reply and the socket stays.
+//!
+//! Keep-alive ([`Idle`]): the reader pings a socket that sent no frame during the last
+//! `ping_interval_ms` (every client answers pings by itself, browsers included) and closes one
+//! that has sent nothing at all for `idle_timeout_ms`. It costs the reading of a frame two
+//! stores into local flags: the clock is read only when the reader goes back to waiting, and
+//! the session's one timer ticks every interval without being reset.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +56,7 @@ use super::Hub;
 use crate::auth::{Credentials, Session};
 use crate::dispatch::{log_error, ReplySink};
 use crate::fanout::{Connection, Outgoing, SLOW_CLOSE_CODE};
+use crate::limits::{breach, Limit, CLOSE_IDLE, CLOSE_TRY_AGAIN_LATER};
 use crate::ops::connections::Kind;
 use crate::protocol::frame::{decode, decode_text, parse_frame, requestid_of};
 use crate::protocol::provider::parse_result_text;
@@ -140,35 +149,51 @@ struct Peer {
 /// 3008 close frame to get through what the socket buffers still hold.
 const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
-/// Answers the upgrade request and starts the session once hyper hands the socket over.
-///
-/// `conn` is the listener's permit for this connection: the session keeps it, so an upgraded
-/// socket counts against `max_connections` for as long as it is open.
-pub fn upgrade(
-    mut req: Request<Incoming>,
-    hub: Hub,
-    conn: Arc<OwnedSemaphorePermit>,
-) -> Response<Full<Bytes>> {
+/// The `Sec-WebSocket-Accept` value of an upgrade request, or why it is not one.
+fn accept_key(req: &Request<Incoming>) -> Result<String, FlowError> {
     let is_upgrade = req
         .headers()
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).cloned() else {
-        return super::http::error_response(
-            FlowError::invalid("/ws takes a WebSocket upgrade (Sec-WebSocket-Key missing)"),
-            "/ws",
-            Encoding::Json,
-        );
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY) else {
+        return Err(FlowError::invalid(
+            "/ws takes a WebSocket upgrade (Sec-WebSocket-Key missing)",
+        ));
     };
     if !is_upgrade {
-        return super::http::error_response(
-            FlowError::invalid("/ws takes a WebSocket upgrade"),
-            "/ws",
-            Encoding::Json,
-        );
+        return Err(FlowError::invalid("/ws takes a WebSocket upgrade"));
     }
-    let accept = derive_accept_key(key.as_bytes());
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// The `101 Switching Protocols` response.
+fn switching(accept: &str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
+}
+
+/// Answers the upgrade request and starts the session once hyper hands the socket over.
+///
+/// `conn` is the listener's [`super::Slot`] for this connection: the session keeps it, so an
+/// upgraded socket counts against `max_connections` and `max_connections_per_address` for as
+/// long as it is open.
+pub fn upgrade(
+    mut req: Request<Incoming>,
+    hub: Hub,
+    conn: Arc<super::Slot>,
+) -> Response<Full<Bytes>> {
+    let accept = match accept_key(&req) {
+        Ok(a) => a,
+        Err(e) => return super::http::error_response(e, "/ws", Encoding::Json),
+    };
     let peer = req.extensions().get::<super::PeerAddr>().map(|p| p.0.ip());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = hub.sessions.clone();
@@ -179,15 +204,45 @@ pub fn upgrade(
         }
         drop(conn);
     });
-    let mut res = Response::new(Full::new(Bytes::new()));
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = res.headers_mut();
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(SEC_WEBSOCKET_ACCEPT, v);
-    }
-    res
+    switching(&accept)
+}
+
+/// Answers the upgrade of a connection refused for its address (it holds
+/// `max_connections_per_address` already): the socket is upgraded and closed at once with
+/// 1013 (Try Again Later) and a reason, because a browser page sees a close code and reason
+/// but never the HTTP status of a refused upgrade. The close handshake gets
+/// [`super::REFUSE_WAIT`] at most.
+pub fn refuse(mut req: Request<Incoming>, hub: Hub) -> Response<Full<Bytes>> {
+    let accept = match accept_key(&req) {
+        Ok(a) => a,
+        Err(e) => return super::http::error_response(e, "/ws", Encoding::Json),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let reason = format!(
+        "too many connections from this address (max_connections_per_address {})",
+        hub.config.max_connections_per_address
+    );
+    let force = hub.force.clone();
+    hub.sessions.spawn(async move {
+        let close = async {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let frame = close_frame(CloseCode::from(CLOSE_TRY_AGAIN_LATER), &reason);
+            if ws.send(Message::Close(Some(frame))).await.is_err() {
+                return;
+            }
+            // Read until the client's close comes back, so the socket closes cleanly.
+            while let Some(Ok(_)) = ws.next().await {}
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(super::REFUSE_WAIT, close) => {}
+            _ = force.cancelled() => {}
+        }
+    });
+    switching(&accept)
 }
 
 /// Runs one WebSocket session over an upgraded connection.
@@ -273,6 +328,116 @@ where
     }
 }
 
+/// The keep-alive of one session: pings for a quiet socket, a close for a silent one.
+///
+/// The reader marks every frame it takes in two flags (no clock, no timer touched) and reads
+/// the clock when it goes back to waiting, so `last_heard` is the time of the last frame
+/// taken, give or take the handling of a burst. The one timer ticks every
+/// `ping_interval_ms`; at a tick, a socket that sent nothing but pongs since the tick before
+/// gets a ping, and one silent for `idle_timeout_ms` is closed with 4002 — but only if the tick
+/// before sent a ping and nothing has come since: a client always has a whole interval to
+/// answer, and one that answered is never closed because the hub itself was held up (a
+/// stopped process, a starved runtime) and sent no ping for a while.
+struct Idle {
+    /// Ticks every `ping_interval_ms` (or half the idle timeout if pings are off); `None`
+    /// when both are off.
+    tick: Option<tokio::time::Interval>,
+    /// Whether quiet sockets are pinged.
+    ping: bool,
+    /// `idle_timeout_ms`; `None`: never closed for silence.
+    timeout: Option<Duration>,
+    /// When the reader last took a frame (updated when it goes back to waiting).
+    last_heard: tokio::time::Instant,
+    /// A frame was taken since `last_heard` was updated.
+    heard: bool,
+    /// A frame other than a pong was taken since the last tick.
+    active: bool,
+    /// The last tick found the socket quiet and pinged it.
+    pinged: bool,
+    /// When the last tick ran.
+    last_tick: tokio::time::Instant,
+}
+
+impl Idle {
+    fn new(config: &crate::config::Config) -> Idle {
+        let ping = config.ping_interval_ms;
+        let idle = config.idle_timeout_ms;
+        let period = if ping > 0 { ping } else { idle / 2 };
+        let tick = (period > 0).then(|| {
+            let period = Duration::from_millis(period);
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        Idle {
+            tick,
+            ping: ping > 0,
+            timeout: (idle > 0).then(|| Duration::from_millis(idle)),
+            last_heard: tokio::time::Instant::now(),
+            heard: false,
+            active: false,
+            pinged: false,
+            last_tick: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A frame was taken: two stores, nothing else.
+    #[inline]
+    fn frame(&mut self, msg: &Message) {
+        self.heard = true;
+        self.active |= !matches!(msg, Message::Pong(_));
+    }
+
+    /// The reader goes back to waiting: the frames it took came just now.
+    #[inline]
+    fn waiting(&mut self) {
+        if self.heard && self.tick.is_some() {
+            self.heard = false;
+            self.last_heard = tokio::time::Instant::now();
+        }
+    }
+
+    /// Resolves at the next tick; never without a timer.
+    async fn tick(&mut self) {
+        match &mut self.tick {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// At a tick: the close frame when the socket has been silent too long, else a ping
+    /// queued if it was quiet (skipped when the queue is full: the socket is not reading).
+    fn on_tick(&mut self, out_tx: &mpsc::Sender<Message>) -> Option<CloseFrame> {
+        self.waiting();
+        let now = tokio::time::Instant::now();
+        // Nothing came since the last tick (and so since its ping, if it sent one).
+        let unanswered = self.last_heard <= self.last_tick;
+        self.last_tick = now;
+        if let Some(timeout) = self.timeout {
+            let silent = now.saturating_duration_since(self.last_heard);
+            if silent >= timeout && unanswered && (self.pinged || !self.ping) {
+                breach(Limit::IdleTimeout);
+                tracing::debug!(
+                    silent_ms = silent.as_millis() as u64,
+                    "idle WebSocket closed"
+                );
+                return Some(close_frame(
+                    CloseCode::from(CLOSE_IDLE),
+                    &format!("idle: nothing received for {} ms", timeout.as_millis()),
+                ));
+            }
+        }
+        self.pinged = self.ping && !self.active;
+        if self.pinged {
+            let _ = out_tx.try_send(Message::Ping(Bytes::new()));
+        }
+        self.active = false;
+        None
+    }
+}
+
 /// Reads frames and starts one task per call until the client closes, the socket fails, the
 /// writer stops or the hub shuts down; returns the close frame to send.
 async fn read_loop<S>(
@@ -306,6 +471,7 @@ where
             &reason,
         )
     };
+    let mut idle = Idle::new(&hub.config);
     let mut frames: u32 = 0;
     loop {
         // While frames keep coming, the reader takes them without polling the futures that
@@ -327,7 +493,12 @@ where
                 drop(p);
                 None
             }
-            Err(tokio::sync::TryAcquireError::NoPermits) => None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                breach(Limit::MaxCallsInFlight);
+                // The hub, not the client, stops reading: that wait is not the client's silence.
+                idle.heard = true;
+                None
+            }
             Err(tokio::sync::TryAcquireError::Closed) => return gone(),
         };
         let permit = match ready {
@@ -350,14 +521,24 @@ where
         };
         let msg = match ready {
             Some(m) => m,
-            None => tokio::select! {
-                biased;
-                _ = &mut shutdown => return away(),
-                _ = &mut writer_gone => return gone(),
-                r = &mut unauthenticated => return unauthenticated_close(r),
-                m = stream.next() => m,
-            },
+            None => {
+                idle.waiting();
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => return away(),
+                    _ = &mut writer_gone => return gone(),
+                    r = &mut unauthenticated => return unauthenticated_close(r),
+                    m = stream.next() => m,
+                    _ = idle.tick() => match idle.on_tick(out_tx) {
+                        Some(close) => return close,
+                        None => continue,
+                    },
+                }
+            }
         };
+        if let Some(Ok(m)) = &msg {
+            idle.frame(m);
+        }
         let (text, bytes, encoding) = match msg {
             None => return gone(),
             Some(Ok(Message::Text(t))) => (Some(t), Bytes::new(), Encoding::Json),
@@ -366,6 +547,7 @@ where
             Some(Ok(Message::Close(_))) => return close_frame(CloseCode::Normal, ""),
             Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
             Some(Err(WsError::Capacity(e))) => {
+                breach(Limit::MaxFrameBytes);
                 return close_frame(CloseCode::Size, &format!("message too large: {e}"));
             }
             Some(Err(WsError::Utf8)) => {
@@ -385,6 +567,7 @@ where
         let tx = out_tx.clone();
         let len = text.as_ref().map_or(bytes.len(), |t| t.len());
         if len > max {
+            breach(Limit::MaxFrameBytes);
             let outcome: Outcome = Err(log_error(
                 FlowError::too_large(format!("message of {len} bytes is larger than {max} bytes")),
                 None,
@@ -473,18 +656,16 @@ where
                 reply_later(tx, outcome, requestid, encoding, permit);
             }
             Ok(Frame::Login { requestid, login }) => {
-                let auth = hub.dispatcher.auth().clone();
-                let creds = peer.creds.clone();
-                tokio::spawn(async move {
-                    let outcome = match &creds.session {
-                        Some(s) => auth.login(s, login, creds.peer).await,
-                        None => Err(FlowError::internal("no session")),
-                    }
-                    .map(Success::value)
-                    .map_err(|e| log_error(e, None, "login"));
-                    send(&tx, &outcome, requestid.as_ref(), encoding).await;
-                    drop(permit);
-                });
+                // Awaited here, before the next frame is read: a client may send its login and
+                // its first calls or subscriptions back to back, and those must see the login.
+                let creds = &peer.creds;
+                let outcome = match &creds.session {
+                    Some(s) => hub.dispatcher.auth().login(s, login, creds.peer).await,
+                    None => Err(FlowError::internal("no session")),
+                }
+                .map(Success::value)
+                .map_err(|e| log_error(e, None, "login"));
+                reply_later(tx, outcome, requestid, encoding, permit);
             }
             Ok(Frame::Publish { requestid, publish }) => {
                 let dispatcher = hub.dispatcher.clone();

@@ -187,6 +187,13 @@ impl WsClient {
         WsClient { ws, next_id: 0 }
     }
 
+    /// A client over a WebSocket the test opened itself (from a chosen local address, say).
+    pub fn from_stream(
+        ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    ) -> WsClient {
+        WsClient { ws, next_id: 0 }
+    }
+
     pub async fn send(&mut self, frame: &Value, enc: Enc) {
         let msg = match enc {
             Enc::Json => Message::text(frame.to_string()),

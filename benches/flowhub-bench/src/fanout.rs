@@ -28,6 +28,8 @@ const ENDPOINT: &str = "bench/fanout";
 /// The same, for subscriptions named differently on every connection.
 const NAMED: &str = "bench/fanoutnamed";
 const SUBSCRIBERS: usize = 1000;
+/// Smaller subscriber counts measured for the cost-per-delivery curve (with 1,000 above).
+const SWEEP: [usize; 2] = [10, 100];
 /// Only there so that a broken system fails the run instead of hanging it.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -64,6 +66,7 @@ impl Fig {
 
 /// Subscribers that count the frames they read (after their subscription reply).
 struct Subscribers {
+    n: usize,
     count: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -116,7 +119,7 @@ impl Subscribers {
         for _ in 0..n {
             ready_rx.recv().await.ok_or("a subscriber task ended")??;
         }
-        Ok(Subscribers { count, tasks })
+        Ok(Subscribers { n, count, tasks })
     }
 
     /// Waits until `target` frames have been counted since `start` (the count is reset).
@@ -156,7 +159,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Res<()>>,
 {
-    let target = (updates * SUBSCRIBERS) as u64;
+    let target = (updates * subs.n) as u64;
     subs.count.store(0, Ordering::Relaxed);
     let cpu0 = cpu();
     let t0 = Instant::now();
@@ -267,6 +270,15 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
     drop(hub_subs);
     drop(named_subs);
     drop(bc_subs);
+    // The cost per delivery against the number of subscribers (1,000 is the run above).
+    let mut sweep = Vec::new();
+    for n in SWEEP {
+        let per = (updates * SUBSCRIBERS / n).min(if plan.quick { 5_000 } else { 20_000 });
+        let (fs, bs) = sweep_point(plan, &hub, &bc, &mut bc_pub, &sample, n, per).await?;
+        sweep.push((n, fs, bs));
+    }
+    sweep.push((SUBSCRIBERS, f, b));
+    drop(bc_pub);
     drop(bc);
     // deepstream's clients log in one after the other (minutes for 1,000): a quick run
     // measures it with 100 subscribers and says so.
@@ -319,6 +331,25 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
         ));
     }
     t.print();
+    let mut st = Table::new(
+        &[
+            "subscribers",
+            "flowhub CPU µs/delivery",
+            "broadcaster CPU µs/delivery",
+            "ratio",
+        ],
+        0,
+    );
+    for (n, fs, bs) in &sweep {
+        st.row(vec![
+            n.to_string(),
+            num(fs.cpu_us()),
+            num(bs.cpu_us()),
+            times(ratio(fs.cpu_us(), bs.cpu_us())),
+        ]);
+    }
+    println!("cost per delivery against the number of subscribers (same writer, CPU of the server process including the writes):");
+    st.print();
     let matching = live_queries(plan, bin, &tmp).await?;
     drop(hub);
     Ok(json!({
@@ -334,8 +365,80 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
             Err(why) => json!({"name": "deepstream 7", "skipped": why}),
         },
         "cpu_ratio_to_baseline": cpu_ratio,
+        "sweep": sweep.iter().map(|(n, fs, bs)| json!({
+            "subscribers": n,
+            "flowhub": fs.json(),
+            "baseline": bs.json(),
+            "cpu_ratio_to_baseline": ratio(fs.cpu_us(), bs.cpu_us()),
+        })).collect::<Vec<_>>(),
         "live_queries": matching,
     }))
+}
+
+/// Flowhub and the broadcaster with `n` subscribers (an endpoint of their own on the hub),
+/// `updates` changes per round, the rounds added up after one that warms up.
+async fn sweep_point(
+    plan: &Plan,
+    hub: &Hub,
+    bc: &Broadcaster,
+    bc_pub: &mut crate::ws::Ws,
+    sample: &str,
+    n: usize,
+    updates: usize,
+) -> Res<(Fig, Fig)> {
+    let endpoint = format!("bench/fanout{n}");
+    {
+        let mut w = ws::connect(hub.addr).await?;
+        let frame = json!({"endpoint": endpoint, "method": "CREATE", "data": {"id": "d1", "name": "switch", "n": 0}});
+        ws::call_ok(&mut w, &frame).await?;
+    }
+    let url = format!("ws://{}/ws", hub.addr);
+    let hub_subs = Subscribers::open(&url, n, |_| {
+        Some(json!({"type": "subscribe", "requestid": 1, "endpoint": endpoint}).to_string())
+    })
+    .await?;
+    let bc_subs = Subscribers::open(&format!("ws://{}/", bc.addr), n, |_| None).await?;
+    // Let the sockets of the previous point go from the broadcaster's list.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut f, mut b) = (Fig::default(), Fig::default());
+    let stat = format!("/proc/{}/stat", bc.child.id());
+    for round in 0..=plan.rounds {
+        let frames: Vec<String> = (0..updates)
+            .map(|i| {
+                json!({"requestid": i, "endpoint": endpoint, "method": "UPDATE", "objectid": "d1",
+                       "data": {"n": round * updates + i}})
+                .to_string()
+            })
+            .collect();
+        let addr = hub.addr;
+        let fr = round_of(
+            &hub_subs,
+            updates,
+            || hub.cpu(),
+            || ws::pipeline(addr, frames, 64),
+        )
+        .await?;
+        let frame = sample.to_string();
+        let publisher = &mut *bc_pub;
+        let br = round_of(
+            &bc_subs,
+            updates,
+            || cpu_seconds(&stat).unwrap_or(f64::NAN),
+            || async move {
+                for _ in 0..updates {
+                    publisher.feed(Message::text(frame.clone())).await?;
+                }
+                publisher.flush().await?;
+                Ok(())
+            },
+        )
+        .await?;
+        if round > 0 {
+            f.add(fr);
+            b.add(br);
+        }
+    }
+    Ok((f, b))
 }
 
 /// One event frame of the hub as a subscriber receives it, to size the broadcaster's frames.

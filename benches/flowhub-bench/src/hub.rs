@@ -154,6 +154,8 @@ impl Hub {
             .env("FLOWHUB_DATA_DIR", data_dir)
             // The scenarios measure the hub's work on calls, not authentication.
             .env("FLOWHUB_AUTH", "none")
+            // Every connection of the load generator comes from one address.
+            .env("FLOWHUB_MAX_CONNECTIONS_PER_ADDRESS", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

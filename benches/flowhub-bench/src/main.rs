@@ -1,6 +1,7 @@
 //! flowhub's benchmark program.
 //!
-//! `cargo run --release -p flowhub-bench -- [--quick] [--json FILE] [--scenario NAME]`
+//! `cargo run --release -p flowhub-bench -- [--quick] [--json FILE] [--plots DIR] [--scenario NAME]`
+//! `cargo run --release -p flowhub-bench -- soak [--duration SECS] [--connections N] [--out FILE.svg]`
 //!
 //! Every scenario runs a real `flowhub serve` child process and, in the same run, a baseline
 //! (this machine's floor for the same work, built with no logic at all) and a peer (the system
@@ -8,19 +9,25 @@
 //! hub share the machine's cores, so next to throughput the hub's own CPU time per operation is
 //! read from `/proc/<pid>/stat`. See `benches/README.md`.
 
+mod child;
 mod data;
 mod deepstream;
 mod durable;
 mod fanout;
+mod http;
 mod hub;
+mod idle;
 mod list;
 mod nats;
+mod plots;
 mod redis;
 mod relay;
 mod report;
 mod restart;
 mod rpc;
+mod soak;
 mod stats;
+mod svg;
 mod system;
 mod ws;
 
@@ -34,7 +41,15 @@ use serde_json::{json, Value};
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Every scenario, in the order a full run takes them.
-const SCENARIOS: [&str; 5] = ["durable-update", "rpc", "fanout", "restart", "list"];
+const SCENARIOS: [&str; 7] = [
+    "durable-update",
+    "rpc",
+    "fanout",
+    "http",
+    "idle",
+    "restart",
+    "list",
+];
 
 /// How long and how large each scenario is.
 #[derive(Debug, Clone)]
@@ -74,23 +89,36 @@ impl Plan {
     }
 }
 
+#[derive(Default)]
 struct Args {
     quick: bool,
     json: Option<PathBuf>,
+    plots: Option<PathBuf>,
+    from_json: Option<PathBuf>,
     scenarios: Vec<String>,
 }
 
-const USAGE: &str = "usage: flowhub-bench [--quick] [--json FILE] [--scenario NAME]...
+const USAGE: &str =
+    "usage: flowhub-bench [--quick] [--json FILE] [--plots DIR] [--scenario NAME]...
+       flowhub-bench soak [--duration SECS] [--connections N] [--rate CALLS/S] [--out FILE.svg]
+                          [--resume-window CHANGES]
   --quick          small data and short windows (CI, a first look)
   --json FILE      also write every figure as JSON, one object per scenario
+  --plots DIR      also draw SVG plots of the figures into DIR
+  --from-json FILE run nothing: draw the plots (--plots) of a run saved with --json
   --scenario NAME  run only this scenario (repeatable, or comma-separated):
-                   durable-update, rpc, fanout, restart, list
+                   durable-update, rpc, fanout, http, idle, restart, list
+  soak             hold N connections under a steady mix of calls, subscriptions and writes
+                   for SECS seconds, sampling the hub's memory and call latency every second
+                   (see benches/README.md)
 environment: FLOWHUB_BIN  the flowhub binary to run (default: build target/release/flowhub)";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         quick: false,
         json: None,
+        plots: None,
+        from_json: None,
         scenarios: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -99,6 +127,14 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--json" => {
                 args.json = Some(PathBuf::from(it.next().ok_or("--json needs a file name")?))
+            }
+            "--plots" => {
+                args.plots = Some(PathBuf::from(it.next().ok_or("--plots needs a directory")?))
+            }
+            "--from-json" => {
+                args.from_json = Some(PathBuf::from(
+                    it.next().ok_or("--from-json needs a file name")?,
+                ))
             }
             "--scenario" => {
                 let v = it.next().ok_or("--scenario needs a name")?;
@@ -134,11 +170,33 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("--broadcaster") {
         return fanout::broadcaster_main();
     }
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("flowhub-bench: {e}");
-            return ExitCode::from(2);
+    // The http scenario's bare hyper server and the idle scenario's bare WebSocket server.
+    if std::env::args().nth(1).as_deref() == Some(http::FLAG) {
+        return http::serve_main();
+    }
+    if std::env::args().nth(1).as_deref() == Some(idle::FLAG) {
+        return idle::serve_main();
+    }
+    let soak_args = if std::env::args().nth(1).as_deref() == Some("soak") {
+        match soak::parse_args(std::env::args().skip(2)) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("flowhub-bench soak: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let args = if soak_args.is_some() {
+        Args::default()
+    } else {
+        match parse_args() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("flowhub-bench: {e}");
+                return ExitCode::from(2);
+            }
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -151,7 +209,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = match soak_args {
+        Some(soak) => runtime.block_on(soak::run(soak)),
+        None => runtime.block_on(run(args)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flowhub-bench: {e}");
@@ -161,6 +223,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Res<()> {
+    if let Some(path) = &args.from_json {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let doc: Value = serde_json::from_str(&text)?;
+        let results = doc["scenarios"].as_array().cloned().unwrap_or_default();
+        let dir = args
+            .plots
+            .as_ref()
+            .ok_or("--from-json draws plots: give --plots DIR")?;
+        for path in plots::write(dir, &results)? {
+            println!("plot written to {}", path.display());
+        }
+        return Ok(());
+    }
     let started = Instant::now();
     let plan = Plan::new(args.quick);
     let bin = hub::flowhub_binary()?;
@@ -201,6 +277,8 @@ async fn run(args: Args) -> Res<()> {
             }
             "list" => list::run(&plan, &bin, loaded.take()).await?,
             "fanout" => fanout::run(&plan, &bin).await?,
+            "http" => http::run(&plan, &bin).await?,
+            "idle" => idle::run(&plan, &bin).await?,
             _ => continue,
         };
         println!("({name}: {:.1} s)", t.elapsed().as_secs_f64());
@@ -215,6 +293,11 @@ async fn run(args: Args) -> Res<()> {
         "\nflowhub-bench: done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    if let Some(dir) = &args.plots {
+        for path in plots::write(dir, &results)? {
+            println!("plot written to {}", path.display());
+        }
+    }
     if let Some(path) = args.json {
         let doc = json!({
             "mode": if plan.quick { "quick" } else { "full" },

@@ -26,7 +26,7 @@ use crate::stats::{self, ratio, Acc, Figures, Sample, Window};
 use crate::ws::{self, Ws};
 use crate::{Plan, Res};
 
-const ENDPOINT: &str = "bench/echo";
+pub const ENDPOINT: &str = "bench/echo";
 /// The call's data, echoed by the providers: a small object, the same for every system.
 pub const PAYLOAD: &str = r#"{"item":"bench-echo","text":"0123456789abcdef0123456789abcdef"}"#;
 const PROVIDERS: [usize; 2] = [1, 4];
@@ -414,7 +414,7 @@ async fn ws_round(
 }
 
 /// A provider socket: `provide` for the bench endpoint, answered with success.
-async fn provide(addr: SocketAddr) -> Res<Ws> {
+pub async fn provide(addr: SocketAddr) -> Res<Ws> {
     let mut ws = ws::connect(addr).await?;
     let frame = json!({"type": "provide", "requestid": 1, "endpoint": ENDPOINT,
         "methods": ["RUN"]});
@@ -442,7 +442,7 @@ fn result_frame(callid: &str) -> Message {
 }
 
 /// Answers every invoke until told to stop; what is ready is answered in one flush.
-async fn serve_invokes(mut ws: Ws, mut stop: watch::Receiver<bool>) -> Res<()> {
+pub async fn serve_invokes(mut ws: Ws, mut stop: watch::Receiver<bool>) -> Res<()> {
     loop {
         let msg = tokio::select! {
             biased;

@@ -118,7 +118,12 @@ pub struct Figures {
     pub max_us: f64,
     /// CPU seconds the measured process (or thread) spent in the window, per operation, in µs.
     pub cpu_us_per_op: Option<f64>,
+    /// Latency at the quantiles of [`QUANTILES`] (percent, µs), for the plots.
+    pub percentiles: Vec<(f64, f64)>,
 }
+
+/// The quantiles a latency plot shows.
+pub const QUANTILES: [f64; 6] = [0.5, 0.75, 0.9, 0.99, 0.999, 0.9999];
 
 impl Figures {
     pub fn new(h: &Histogram<u64>, secs: f64, cpu_secs: Option<f64>) -> Figures {
@@ -132,6 +137,10 @@ impl Figures {
             cpu_us_per_op: cpu_secs
                 .filter(|c| c.is_finite() && ops > 0)
                 .map(|c| c * 1e6 / ops as f64),
+            percentiles: QUANTILES
+                .iter()
+                .map(|q| (q * 100.0, h.value_at_quantile(*q) as f64 / 1000.0))
+                .collect(),
         }
     }
 
@@ -152,6 +161,7 @@ impl Figures {
             "p99_us": round(self.p99_us, 1),
             "max_us": round(self.max_us, 1),
             "cpu_us_per_op": self.cpu_us_per_op.map(|c| round(c, 2)),
+            "percentiles_us": self.percentiles.iter().map(|(q, v)| json!([q, round(*v, 1)])).collect::<Vec<_>>(),
         })
     }
 }

@@ -14,6 +14,7 @@ import type {
   SubscribeOptions,
   SubscriptionHandlers,
 } from "./types.js";
+import { decode as msgpackDecode, encode as msgpackEncode } from "./msgpack.js";
 
 /** Why a call or subscribe failed. `hub` carries the hub's error envelope. */
 export type FlowhubErrorKind =
@@ -55,8 +56,12 @@ export class FlowhubError extends Error {
 /** The minimal WebSocket surface used (browser WebSocket and the `ws` package both have it). */
 export interface WebSocketLike {
   readyState: number;
-  send(data: string): void;
+  /** Set to "arraybuffer" so that binary frames arrive as ArrayBuffer (browsers and `ws`). */
+  binaryType?: string;
+  send(data: string | Uint8Array): void;
   close(code?: number, reason?: string): void;
+  /** `ws` only: drops the socket at once, without a closing handshake. */
+  terminate?(): void;
   onopen: ((ev: any) => void) | null;
   onclose: ((ev: any) => void) | null;
   onerror: ((ev: any) => void) | null;
@@ -66,14 +71,40 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 export type ConnectionState = "connecting" | "connected" | "reconnecting" | "closed";
 
+/** How frames are written: JSON text frames or MessagePack binary frames (SPEC 1). */
+export type Encoding = "json" | "msgpack";
+
 export interface ClientOptions {
   /** `ws://host:port/ws`; `http(s)://host:port` and `host:port` are accepted. Default `ws://127.0.0.1:7340/ws`. */
   url?: string;
-  /** A token sent in a login frame on every (re)connect. */
+  /**
+   * A token: the connection logs in with it (a login frame on every (re)connect). Together with
+   * `username` and `password`, it is tried first and the password is used when it is rejected.
+   */
   token?: string;
-  /** Username and password: a login frame on every (re)connect (the hub issues a token). */
+  /**
+   * Username and password: the first connection logs in with them and the hub issues a token
+   * (`client.token`), which later reconnects log in with and which is renewed before it
+   * expires; when the hub rejects it (UNAUTHORIZED), the client logs in with the password again.
+   */
   username?: string;
   password?: string;
+  /** `"json"` (text frames, the default) or `"msgpack"` (binary frames). */
+  encoding?: Encoding;
+  /**
+   * When nothing has come from the hub for this long (ms), the client sends a cheap call (OPEN
+   * of `hub/endpoint`) to check that the hub still answers. Default 15000; 0 turns it off.
+   */
+  heartbeatMs?: number;
+  /** No reply to that check within this long (ms): the connection is dead; it is dropped and made again. Default 10000. */
+  heartbeatTimeout?: number;
+  /**
+   * Calls made while the client is not connected wait until it is (within their own timeout)
+   * instead of failing at once with `offline`. Default false; each call may say otherwise.
+   */
+  waitOnline?: boolean;
+  /** Renew a token issued for `username`/`password` when this share of its lifetime has passed. Default 0.75. */
+  tokenRenewAt?: number;
   /** The WebSocket implementation. Default: the global one, else the `ws` package (Node). */
   WebSocket?: WebSocketConstructor;
   /** Local deadline of a call without its own `timeout` (ms). Default 30000. */
@@ -168,6 +199,14 @@ export class Subscription<T = any> {
 export class FlowhubClient {
   private readonly opts: Required<Omit<ClientOptions, "token" | "username" | "password" | "WebSocket" | "onStateChange">> &
     ClientOptions;
+  private heartbeatTimer?: ReturnType<typeof setInterval>;
+  private renewTimer?: ReturnType<typeof setTimeout>;
+  private lastFrameAt = 0;
+  private probing = false;
+  /** When the held token expires, by the local clock (its lifetime counted from when it came). */
+  private tokenExpiresAt?: number;
+  private tokenReceivedAt = 0;
+  private reauth?: Promise<boolean>;
   private WS?: WebSocketConstructor;
   private ws?: WebSocketLike;
   private _state: ConnectionState = "connecting";
@@ -181,7 +220,10 @@ export class FlowhubClient {
   private attempt = 0;
   private reconnectTimer?: ReturnType<typeof setTimeout>;
   private listeners = new Set<(s: ConnectionState, info: { connection: number; error?: Error }) => void>();
-  /** The token the hub issued at the last username/password login. */
+  /**
+   * The token the connection is logged in with: the one the hub issued for `username` and
+   * `password` (renewed before it expires), else the `token` option.
+   */
   token?: string;
   /** The hub's epoch, from the last subscribe reply. */
   hubEpoch?: string;
@@ -194,8 +236,15 @@ export class FlowhubClient {
       backoffInitial: 100,
       backoffMax: 10000,
       waitForHub: false,
+      encoding: "json",
+      heartbeatMs: 15000,
+      heartbeatTimeout: 10000,
+      waitOnline: false,
+      tokenRenewAt: 0.75,
       ...opts,
     } as any;
+    if (this.opts.encoding !== "json" && this.opts.encoding !== "msgpack")
+      throw new TypeError(`encoding must be "json" or "msgpack", not ${JSON.stringify(this.opts.encoding)}`);
     this.opts.url = normalizeUrl(this.opts.url);
     if (opts.onStateChange) this.listeners.add(opts.onStateChange);
   }
@@ -269,6 +318,11 @@ export class FlowhubClient {
   private connectOnce(): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const ws = new this.WS!(this.opts.url);
+      try {
+        ws.binaryType = "arraybuffer";
+      } catch {
+        /* an implementation without binaryType hands binary frames over as it likes */
+      }
       this.ws = ws;
       let settled = false;
       const timer = setTimeout(() => fail(new FlowhubError("connect", "connection attempt timed out")), this.opts.connectTimeout);
@@ -296,20 +350,14 @@ export class FlowhubClient {
         if (!settled) fail(new FlowhubError("connect", `connection to ${this.opts.url} failed (${ev?.code ?? ""} ${ev?.reason ?? ""})`.trim()));
         else if (this.ws === ws) this.onDrop(ev);
       };
-      ws.onmessage = (ev: any) => this.onFrame(ev.data);
+      ws.onmessage = (ev: any) => {
+        if (this.ws === ws) this.lastFrameAt = Date.now();
+        this.onFrame(ev.data);
+      };
       ws.onopen = async () => {
         try {
           this.connection++;
-          if (this.opts.token || this.opts.username) {
-            const frame: any = { type: "login" };
-            if (this.opts.username) {
-              frame.username = this.opts.username;
-              frame.password = this.opts.password ?? "";
-            } else frame.token = this.opts.token;
-            const reply = await this.request(frame, this.opts.connectTimeout);
-            if (!reply.success) throw new FlowhubError("hub", `login failed: ${reply.message}`, reply);
-            if (reply.data?.token) this.token = reply.data.token;
-          }
+          await this.logIn();
           for (const p of this.provides.values()) {
             const reply = await this.request(this.provideFrame(p), this.opts.connectTimeout);
             if (!reply.success) throw new FlowhubError("hub", `provide ${p.endpoint}: ${reply.message}`, reply);
@@ -319,6 +367,7 @@ export class FlowhubClient {
           settled = true;
           clearTimeout(timer);
           this.attempt = 0;
+          this.startHeartbeat(ws);
           this.setState("connected");
           resolve();
           await Promise.all(resubs);
@@ -331,6 +380,7 @@ export class FlowhubClient {
 
   private onDrop(ev: any) {
     this.ws = undefined;
+    this.stopTimers();
     const err = new FlowhubError("disconnected", `connection lost (${ev?.code ?? ""} ${ev?.reason ?? ""})`.trim());
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
@@ -362,7 +412,9 @@ export class FlowhubClient {
   private onFrame(raw: unknown) {
     let msg: any;
     try {
-      msg = JSON.parse(typeof raw === "string" ? raw : String(raw));
+      if (typeof raw === "string") msg = JSON.parse(raw);
+      else if (raw instanceof ArrayBuffer || ArrayBuffer.isView(raw)) msg = msgpackDecode(raw as ArrayBuffer);
+      else return; // a Blob: binaryType could not be set
     } catch {
       return;
     }
@@ -405,7 +457,7 @@ export class FlowhubClient {
       }, timeout);
       this.pending.set(id, p);
       try {
-        ws.send(JSON.stringify({ ...frame, requestid: id }));
+        ws.send(this.encodeFrame({ ...frame, requestid: id }));
       } catch (e) {
         this.pending.delete(id);
         clearTimeout(p.timer);
@@ -415,7 +467,171 @@ export class FlowhubClient {
   }
 
   private send(frame: unknown) {
-    if (this.ws && this.ws.readyState === OPEN) this.ws.send(JSON.stringify(frame));
+    if (this.ws && this.ws.readyState === OPEN) this.ws.send(this.encodeFrame(frame));
+  }
+
+  private encodeFrame(frame: unknown): string | Uint8Array {
+    return this.opts.encoding === "msgpack" ? msgpackEncode(frame) : JSON.stringify(frame);
+  }
+
+  /** The encoding frames are written in. */
+  get encoding(): Encoding {
+    return this.opts.encoding;
+  }
+
+  // ---------------------------------------------------------------- authentication
+
+  /** Logs the new connection in: with the held token if there is one, else (or when it is rejected) the password. */
+  private async logIn(): Promise<void> {
+    const held = this.token ?? this.opts.token;
+    const hasPassword = this.opts.username !== undefined;
+    // A token past its renewal time would expire before long: the password gets a fresh one.
+    if (held && !(hasPassword && this.renewDue() <= Date.now())) {
+      const reply = await this.request({ type: "login", token: held }, this.opts.connectTimeout);
+      if (reply.success) {
+        this.token = held;
+        if (hasPassword) this.scheduleRenewal();
+        return;
+      }
+      if (!hasPassword || reply.errorcode !== "UNAUTHORIZED")
+        throw new FlowhubError("hub", `login failed: ${reply.message}`, reply);
+      // The token is unknown, expired or revoked: the password gets a new one.
+    }
+    if (hasPassword) await this.passwordLogin(this.opts.connectTimeout);
+  }
+
+  /** A login frame with username and password; the connection then uses the token the hub issued. */
+  private async passwordLogin(timeout: number): Promise<void> {
+    const reply = await this.request(
+      { type: "login", username: this.opts.username, password: this.opts.password ?? "" },
+      timeout,
+    );
+    if (!reply.success) throw new FlowhubError("hub", `login failed: ${reply.message}`, reply);
+    await this.adoptIssued(reply.data, timeout);
+  }
+
+  /**
+   * Takes a token the hub has just issued. Its lifetime is read from the hub (`issued` and
+   * `expires` of `auth/token` `current`), so the renewal does not depend on the two clocks
+   * agreeing; it is counted from now.
+   */
+  private async adoptIssued(data: any, timeout: number): Promise<void> {
+    if (typeof data?.token !== "string") return; // a hub in open mode issues none
+    const received = Date.now();
+    this.token = data.token;
+    let lifetime = Date.parse(data?.expires) - received;
+    try {
+      const cur = await this.request({ type: "call", endpoint: "auth/token", method: "OPEN", objectid: "current" }, timeout);
+      const l = Date.parse(cur.data?.expires) - Date.parse(cur.data?.issued);
+      if (cur.success && Number.isFinite(l)) lifetime = l;
+    } catch (e) {
+      if ((e as FlowhubError).kind !== "timeout") throw e;
+    }
+    this.tokenExpiresAt = Number.isFinite(lifetime) ? received + lifetime : undefined;
+    this.tokenReceivedAt = received;
+    this.scheduleRenewal();
+  }
+
+  /** When the held token is due for renewal (local clock); Infinity when its lifetime is not known. */
+  private renewDue(): number {
+    if (this.tokenExpiresAt === undefined) return Infinity;
+    const share = Math.min(0.95, Math.max(0.05, Number(this.opts.tokenRenewAt) || 0.75));
+    return this.tokenReceivedAt + (this.tokenExpiresAt - this.tokenReceivedAt) * share;
+  }
+
+  private scheduleRenewal() {
+    clearTimeout(this.renewTimer);
+    this.renewTimer = undefined;
+    if (this.tokenExpiresAt === undefined || this.opts.username === undefined) return;
+    const delay = Math.min(0x7fffffff, Math.max(500, this.renewDue() - Date.now()));
+    // The timer belongs to this connection: a reconnect logs in again and schedules anew.
+    const ws = this.ws;
+    this.renewTimer = setTimeout(() => {
+      if (this.ws === ws && this._state !== "closed") void this.renewToken();
+    }, delay);
+  }
+
+  /**
+   * Gets a new token before the held one expires: CREATE on `auth/token` as the connection's
+   * login, then a login frame with the new token (the hub would close a connection whose login
+   * token expired, SPEC 13.2). When that fails, the password logs in again.
+   */
+  private async renewToken(): Promise<void> {
+    const t = this.opts.connectTimeout;
+    try {
+      const r = await this.request({ type: "call", endpoint: "auth/token", method: "CREATE", data: {} }, t);
+      if (r.success && r.data?.token) {
+        const l = await this.request({ type: "login", token: r.data.token }, t);
+        if (l.success) return await this.adoptIssued(r.data, t);
+      }
+      await this.passwordLogin(t);
+    } catch {
+      // The connection dropped (the reconnect logs in), or the password was refused: try again
+      // a little later while the token lasts; the hub closes the connection when it expires.
+      if (this._state === "connected") {
+        clearTimeout(this.renewTimer);
+        const ws = this.ws;
+        this.renewTimer = setTimeout(() => {
+          if (this.ws === ws && this._state === "connected") void this.renewToken();
+        }, 1000);
+      }
+    }
+  }
+
+  /** After an UNAUTHORIZED reply: logs in with the password once (shared by concurrent callers). */
+  private reauthenticate(): Promise<boolean> {
+    if (!this.reauth) {
+      this.reauth = this.passwordLogin(this.opts.connectTimeout)
+        .then(() => true, () => false)
+        .finally(() => {
+          this.reauth = undefined;
+        });
+    }
+    return this.reauth;
+  }
+
+  // ---------------------------------------------------------------- heartbeat
+
+  private startHeartbeat(ws: WebSocketLike) {
+    clearInterval(this.heartbeatTimer);
+    this.lastFrameAt = Date.now();
+    this.probing = false;
+    const every = this.opts.heartbeatMs;
+    if (!(every > 0)) return;
+    this.heartbeatTimer = setInterval(() => {
+      if (this.ws !== ws) return clearInterval(this.heartbeatTimer);
+      if (this.probing || Date.now() - this.lastFrameAt < every) return;
+      this.probing = true;
+      const timeout = this.opts.heartbeatTimeout;
+      this.request({ type: "call", endpoint: "hub/endpoint", method: "OPEN", objectid: "hub/endpoint" }, timeout).then(
+        () => {
+          this.probing = false;
+        },
+        (e: FlowhubError) => {
+          this.probing = false;
+          if (e.kind === "timeout" && this.ws === ws) this.abandon(ws, `no reply to a heartbeat within ${timeout} ms`);
+        },
+      );
+    }, Math.max(10, Math.min(every, this.opts.heartbeatTimeout) / 2));
+  }
+
+  /** Gives up on a socket that does not answer: drops it without waiting for a closing handshake, then reconnects. */
+  private abandon(ws: WebSocketLike, reason: string) {
+    if (this.ws !== ws) return;
+    ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
+    try {
+      if (typeof ws.terminate === "function") ws.terminate();
+      else ws.close(4000, "heartbeat timeout");
+    } catch {
+      /* already closed */
+    }
+    this.onDrop({ code: 4000, reason });
+  }
+
+  private stopTimers() {
+    clearInterval(this.heartbeatTimer);
+    clearTimeout(this.renewTimer);
+    this.heartbeatTimer = this.renewTimer = undefined;
   }
 
   /**
@@ -423,20 +639,65 @@ export class FlowhubClient {
    * `success`). Rejects only for local failures: `offline` (not connected; nothing was sent),
    * `disconnected`, `timeout`, `closed`.
    */
-  call<T = any>(endpoint: string, method: Method | Lowercase<Method>, options: CallOptions = {}): Promise<Envelope<T>> {
-    if (this._state !== "connected")
-      return Promise.reject(
-        new FlowhubError(this._state === "closed" ? "closed" : "offline", this._state === "closed" ? "the client was closed" : `not connected to the hub (${this._state}): the call was not sent`),
-      );
+  async call<T = any>(endpoint: string, method: Method | Lowercase<Method>, options: CallOptions = {}): Promise<Envelope<T>> {
+    const start = Date.now();
+    const wait = options.timeout !== undefined ? options.timeout + 1000 : this.opts.callTimeout;
+    const deadline = start + wait;
+    const waitOnline = options.waitOnline ?? this.opts.waitOnline;
     const frame: Record<string, unknown> = { type: "call", endpoint, method: method.toUpperCase() };
     for (const k of ["objectid", "namespace", "parameters", "data", "application", "token"] as const)
       if (options[k] !== undefined) frame[k] = options[k];
-    let wait = this.opts.callTimeout;
-    if (options.timeout !== undefined) {
-      frame.timeout = Math.max(0, Math.floor(options.timeout));
-      wait = options.timeout + 1000;
+    let retried = false;
+    for (;;) {
+      if (this._state !== "connected") {
+        if (this._state === "closed") throw new FlowhubError("closed", "the client was closed");
+        if (!waitOnline) throw new FlowhubError("offline", `not connected to the hub (${this._state}): the call was not sent`);
+        await this.untilOnline(deadline);
+      }
+      const left = deadline - Date.now();
+      // The hub's deadline for a provider (SPEC 11.4) is what is left of the call's own.
+      if (options.timeout !== undefined) frame.timeout = Math.max(0, Math.floor(Math.min(options.timeout, left - 1000)));
+      let reply: any;
+      try {
+        reply = await this.request(frame, Math.max(1, left));
+      } catch (err) {
+        // Dropped between the state change and the send: nothing went out, wait again.
+        if (waitOnline && (err as FlowhubError).kind === "offline" && (this._state as ConnectionState) !== "closed") continue;
+        throw err;
+      }
+      const { type: _t, requestid: _r, ...env } = reply;
+      const e = env as Envelope<T>;
+      // A token the hub no longer takes: with a password at hand, log in again and retry once.
+      if (
+        !e.success &&
+        e.errorcode === "UNAUTHORIZED" &&
+        !retried &&
+        options.token === undefined &&
+        this.opts.username !== undefined &&
+        this._state === "connected"
+      ) {
+        retried = true;
+        if (await this.reauthenticate()) continue;
+      }
+      return e;
     }
-    return this.request(frame, wait).then(({ type: _t, requestid: _r, ...env }) => env as Envelope<T>);
+  }
+
+  /** Resolves once connected; rejects `offline` at the deadline (nothing was sent) or `closed`. */
+  private untilOnline(deadline: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        off();
+        reject(new FlowhubError("offline", `not connected to the hub within the call's timeout: the call was not sent`));
+      }, Math.max(0, deadline - Date.now()));
+      const off = this.onStateChange((s) => {
+        if (s === "connected" || s === "closed") {
+          clearTimeout(t);
+          off();
+          s === "connected" ? resolve() : reject(new FlowhubError("closed", "the client was closed"));
+        }
+      });
+    });
   }
 
   /** Like `call`, but resolves with the reply's `data` (and `count`) and rejects an error envelope as FlowhubError `hub`. */
@@ -661,6 +922,7 @@ export class FlowhubClient {
   close(): void {
     if (this._state === "closed") return;
     clearTimeout(this.reconnectTimer);
+    this.stopTimers();
     this.setState("closed");
     const err = new FlowhubError("closed", "the client was closed");
     for (const [id, p] of this.pending) {

@@ -47,6 +47,11 @@ export interface CallOptions {
   timeout?: number;
   /** A token for this call only (else the client's token or login). */
   token?: string;
+  /**
+   * While the client is not connected: `true` waits for the connection (within this call's
+   * timeout), `false` fails at once with `offline`. Default: the client's `waitOnline`.
+   */
+  waitOnline?: boolean;
 }
 
 /** A stored object: what the hub adds to every object (SPEC 4.1). */

@@ -133,3 +133,44 @@ test("the live table follows HTTP changes, drops rows that stop matching, and ca
   assert.ok(!logs.some((l) => l.startsWith("pageerror")), logs.join("\n"));
   await page.close();
 });
+
+test("the live table over MessagePack in the browser; a frozen hub is noticed by the heartbeat and the page catches up", async () => {
+  const city = "Mp-" + Math.random().toString(36).slice(2, 8);
+  await http("CREATE", { data: { id: "m1", streetName: "Larss Gata", streetNumber: 6, city } });
+  const page = await browser.newPage();
+  const logs = [];
+  const frames = { text: 0, binary: 0 };
+  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
+  page.on("websocket", (ws) => {
+    const note = (f) => (typeof f.payload === "string" ? frames.text++ : frames.binary++);
+    ws.on("framesent", note);
+    ws.on("framereceived", note);
+  });
+  const q = new URLSearchParams({ hub: hub.url, city, backoff: "200", encoding: "msgpack", heartbeat: "300" });
+  await page.goto(`${site.url}/examples/live-table/?${q}`);
+  const wait = (pred, what, ms = 10000) =>
+    until(pred, ms, what).catch((e) => {
+      throw new Error(`${e.message}\npage log:\n${logs.join("\n")}`);
+    });
+  await wait(async () => (await ids(page)).join() === "m1", "the snapshot");
+  await http("CREATE", { data: { id: "m2", streetName: "Övre Åkerallén", streetNumber: 4, city } });
+  await wait(async () => (await ids(page)).join() === "m2,m1", "a live row");
+  assert.deepEqual((await rows(page))[0], ["m2", "Övre Åkerallén", "4", city]);
+
+  await hub.freeze();
+  try {
+    await wait(async () => (await state(page)) === "reconnecting", "the page notices the frozen hub", 20000);
+  } finally {
+    hub.thaw();
+  }
+  await wait(async () => (await state(page)) === "connected", "connected again", 30000);
+  await http("UPDATE", { id: "m1", data: { streetNumber: 1 } });
+  await wait(async () => (await ids(page)).join() === "m1,m2", "the change after the hub ran again");
+  assert.equal(await page.$eval("#resets", (e) => e.textContent), "0");
+
+  assert.ok(frames.binary > 0, "binary frames were used");
+  assert.equal(frames.text, 0, "no text frame either way");
+  assert.ok(!logs.some((l) => l.startsWith("pageerror")), logs.join("\n"));
+  await page.close();
+});

@@ -1,6 +1,8 @@
 // Runs the conformance vectors of protocol/vectors/*.json (format: protocol/vectors/README.md)
-// against a real hub, in JSON text frames. Steps sending raw MessagePack (send_raw_hex) are
-// skipped: this client speaks JSON only for now.
+// against a real hub, every file twice as the hub's own conformance test does: `send` frames as
+// JSON text frames, then as MessagePack binary frames written by the client's encoder; replies
+// are decoded by their kind (text: JSON, binary: the client's MessagePack decoder). Raw text and
+// raw MessagePack steps are sent as written in both runs.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
@@ -8,6 +10,7 @@ import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { WebSocket } from "ws";
 import { Hub, freshNs } from "./support/hub.mjs";
+import { encodeMsgpack, decodeMsgpack } from "../dist/index.js";
 
 const dir = resolve(dirname(fileURLToPath(import.meta.url)), "../../../protocol/vectors");
 const files = readdirSync(dir).filter((f) => f.endsWith(".json")).sort();
@@ -26,8 +29,7 @@ class Conn {
     this.queue = [];
     this.waiters = [];
     this.ws.on("message", (data, isBinary) => {
-      if (isBinary) return this.push({ binary: true });
-      const msg = JSON.parse(data.toString());
+      const msg = isBinary ? decodeMsgpack(data) : JSON.parse(data.toString());
       if (msg && msg.type === "event") return; // events' order against replies is not fixed
       this.push(msg);
     });
@@ -132,8 +134,14 @@ function prepare(step, vars) {
   return { frame, expect };
 }
 
+const encodings = {
+  JSON: (frame) => JSON.stringify(frame),
+  MessagePack: (frame) => encodeMsgpack(frame),
+};
+
+for (const [encName, encode] of Object.entries(encodings))
 for (const file of files) {
-  test(`vectors ${file} (JSON)`, async () => {
+  test(`vectors ${file} (${encName})`, async () => {
     const doc = JSON.parse(readFileSync(join(dir, file), "utf8"));
     const vars = { ns: freshNs() };
     const conn = new Conn(hub.url);
@@ -141,10 +149,9 @@ for (const file of files) {
     try {
       for (const [i, step] of doc.steps.entries()) {
         const where = `${file} step ${i}${step.note ? ` (${step.note})` : ""}`;
-        if (step.send_raw_hex !== undefined) continue; // MessagePack: not in this client yet
         if (step.batch) {
           const sent = step.batch.map((s) => prepare(s, vars));
-          for (const s of sent) conn.ws.send(JSON.stringify(s.frame));
+          for (const s of sent) conn.ws.send(encode(s.frame));
           const byId = new Map(sent.map((s) => [s.frame.requestid, s]));
           for (let k = 0; k < sent.length; k++) {
             const reply = await conn.next();
@@ -160,9 +167,12 @@ for (const file of files) {
         if (step.send_raw_text !== undefined) {
           conn.ws.send(substitute(step.send_raw_text, vars));
           expect = step.expect === undefined ? undefined : substitute(step.expect, vars);
+        } else if (step.send_raw_hex !== undefined) {
+          conn.ws.send(Buffer.from(step.send_raw_hex.replace(/\s+/g, ""), "hex"));
+          expect = step.expect === undefined ? undefined : substitute(step.expect, vars);
         } else {
           const p = prepare(step, vars);
-          conn.ws.send(JSON.stringify(p.frame));
+          conn.ws.send(encode(p.frame));
           expect = p.expect;
         }
         if (expect === undefined) continue;

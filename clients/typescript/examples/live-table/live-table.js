@@ -5,6 +5,8 @@
 //   namespace the namespace (default: the default one)
 //   token     a token, when the hub does not run in open mode
 //   backoff   the first reconnect delay in ms (default 100)
+//   encoding  json (default) or msgpack
+//   heartbeat ms of quiet before the page checks that the hub still answers (default 15000)
 import { FlowhubClient, LiveCollection } from "../../dist/flowhub.browser.js";
 
 const q = new URLSearchParams(location.search);
@@ -13,6 +15,8 @@ const city = q.get("city") ?? "Envik";
 const namespace = q.get("namespace") ?? undefined;
 const token = q.get("token") ?? undefined;
 const backoff = Number(q.get("backoff") ?? 100);
+const encoding = q.get("encoding") ?? "json";
+const heartbeatMs = Number(q.get("heartbeat") ?? 15000);
 
 const $ = (sel) => document.querySelector(sel);
 const tbody = $("#addresses tbody");
@@ -48,6 +52,9 @@ try {
     token,
     backoffInitial: backoff,
     backoffMax: Math.max(backoff, 2000),
+    encoding,
+    heartbeatMs,
+    heartbeatTimeout: Math.max(1000, Math.min(10000, heartbeatMs * 2)),
     onStateChange: (state, info) => setStatus(state, info.error && state !== "connected" ? `${state}: ${info.error.message}` : state),
   });
   setStatus(client.state);

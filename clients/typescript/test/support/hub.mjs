@@ -1,6 +1,6 @@
 // Starts a real flowhub hub built from this repository for the tests.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -19,9 +19,13 @@ export function hubBinary() {
   return join(root, "target/release/flowhub");
 }
 
-/** A hub on a free port (or `listen`), in `dataDir` (default: a fresh temp dir). */
+/**
+ * A hub on a free port (or `listen`), in `dataDir` (default: a fresh temp dir). `env` adds to
+ * or replaces the settings below (e.g. `FLOWHUB_AUTH: "on"` for a hub that authenticates).
+ */
 export class Hub {
-  constructor() {
+  constructor({ env = {} } = {}) {
+    this.env = env;
     this.dataDir = mkdtempSync(join(tmpdir(), "flowhub-ts-"));
     this.addr = undefined;
     this.proc = undefined;
@@ -38,6 +42,7 @@ export class Hub {
         FLOWHUB_DATA_DIR: this.dataDir,
         FLOWHUB_LISTEN: listen,
         FLOWHUB_LOG_FORMAT: "json",
+        ...this.env,
       },
       stdio: ["ignore", "ignore", "pipe"],
     });
@@ -70,9 +75,33 @@ export class Hub {
     this.proc = undefined;
     await new Promise((resolve) => {
       p.on("exit", resolve);
+      p.kill("SIGCONT"); // in case a test froze it
       p.kill("SIGTERM");
       setTimeout(() => p.kill("SIGKILL"), 10000).unref();
     });
+  }
+  /**
+   * Freezes the hub (SIGSTOP): its sockets stay open but nothing answers. Resolves once every
+   * thread of it is stopped (the signal takes effect a little later on a busy machine).
+   */
+  async freeze() {
+    const pid = this.proc.pid;
+    this.proc.kill("SIGSTOP");
+    const stopped = () => {
+      try {
+        return readdirSync(`/proc/${pid}/task`).every((t) => {
+          const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+          return /^\S+ \(.*\) [Tt] /s.test(stat);
+        });
+      } catch {
+        return true; // no /proc: trust the signal
+      }
+    };
+    await until(stopped, 10000, "the hub to stop");
+  }
+  /** Lets a frozen hub run on (SIGCONT). */
+  thaw() {
+    this.proc.kill("SIGCONT");
   }
   /** Stops and starts again on the same data directory and address. */
   async restart() {
@@ -91,6 +120,24 @@ export class Hub {
     await this.stop();
     rmSync(this.dataDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Settings of a hub that authenticates, for tests: the admin and its password, and cheap
+ * password hashing (a config file; Argon2's default cost is slow in a debug build of the hub).
+ */
+export function secureEnv({ username, password }, extra = {}) {
+  const dir = mkdtempSync(join(tmpdir(), "flowhub-ts-conf-"));
+  const file = join(dir, "flowhub.toml");
+  writeFileSync(file, "[auth]\nargon2_memory_kib = 1024\nargon2_iterations = 1\n");
+  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  return {
+    FLOWHUB_CONFIG: file,
+    FLOWHUB_AUTH: "on",
+    FLOWHUB_ADMIN_USER: username,
+    FLOWHUB_ADMIN_PASSWORD: password,
+    ...extra,
+  };
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
