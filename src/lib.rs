@@ -13,6 +13,7 @@ pub mod fanout;
 pub mod fuzzing;
 pub mod limits;
 pub mod log;
+pub mod ops;
 pub mod protocol;
 pub mod query;
 pub mod router;

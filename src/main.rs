@@ -127,15 +127,6 @@ fn main() -> ExitCode {
                     );
                     return ExitCode::from(2);
                 }
-                // Read the log back before listening: "listening" means ready.
-                let opened = match flowhub::server::open(&config) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        eprintln!("flowhub: {e}");
-                        return ExitCode::from(1);
-                    }
-                };
                 let listener = match tokio::net::TcpListener::bind(&config.listen).await {
                     Ok(l) => l,
                     Err(e) => {
@@ -144,12 +135,40 @@ fn main() -> ExitCode {
                         return ExitCode::from(1);
                     }
                 };
+                // While the log is read back, probes are answered (/health 200, /ready 503)
+                // and nothing else is served; "listening" below means ready.
+                let tls = match (&config.tls_cert, &config.tls_key) {
+                    (Some(cert), Some(key)) => flowhub::transport::tls::acceptor(cert, key).ok(),
+                    _ => None,
+                };
+                let responder = flowhub::transport::recovering::start(
+                    listener,
+                    tls,
+                    std::time::Duration::from_millis(config.handshake_timeout_ms),
+                );
+                let opening = config.clone();
+                let opened =
+                    tokio::task::spawn_blocking(move || flowhub::server::open(&opening)).await;
+                let listener = responder.finish().await;
+                let opened = match opened {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(e)) => {
+                        tracing::error!("{e}");
+                        eprintln!("flowhub: {e}");
+                        return ExitCode::from(1);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "opening the data directory failed");
+                        eprintln!("flowhub: opening the data directory failed: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
                 let addr = listener
                     .local_addr()
                     .map(|a| a.to_string())
                     .unwrap_or_default();
                 let tls = config.tls_cert.is_some();
-                tracing::info!(%addr, tls, "flowhub listening: HTTP /api/, WebSocket /ws, /health");
+                tracing::info!(%addr, tls, "flowhub listening: HTTP /api/, WebSocket /ws, /health, /ready, /metrics");
                 flowhub::server::serve(listener, opened, config, shutdown).await;
                 tracing::info!("flowhub stopped");
                 ExitCode::SUCCESS

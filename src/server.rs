@@ -36,6 +36,19 @@ pub struct Opened {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
+impl Opened {
+    /// A hub's state over a store built elsewhere (a test's store over a log that fails on
+    /// demand): a new epoch, no data directory lock, no TLS.
+    pub fn from_store(store: Store) -> Opened {
+        Opened {
+            store,
+            epoch: uuid::Uuid::new_v4().to_string(),
+            _lock: None,
+            tls: None,
+        }
+    }
+}
+
 fn store_config(config: &Config) -> StoreConfig {
     let indexes = config
         .index

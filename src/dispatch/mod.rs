@@ -14,6 +14,7 @@ pub mod registry;
 pub mod system;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -90,7 +91,11 @@ pub trait ReplySink: Send + Sync + 'static {
 }
 
 /// Turns a routed call's end into the caller's outcome (logging errors with their ids).
-struct Finish(Box<dyn ReplySink>);
+struct Finish {
+    sink: Box<dyn ReplySink>,
+    /// When the call reached the dispatcher, for its duration in the metrics.
+    started: Instant,
+}
 
 impl Waiter for Finish {
     fn settle(self: Box<Self>, call: &RoutedRequest, result: Result<ProviderResult, FlowError>) {
@@ -99,8 +104,18 @@ impl Waiter for Finish {
             Err(Fail::Hub(e)) => Err(log_error(e, Some(call.method), &call.endpoint)),
             Err(Fail::Provider(f)) => Err(log_provider_error(f, call.method, &call.endpoint)),
         };
-        self.0.send(outcome);
+        count(&call.endpoint, call.method, &outcome, self.started);
+        self.sink.send(outcome);
     }
+}
+
+/// Counts a call in the metrics (`ops::calls`).
+fn count(endpoint: &str, method: Method, outcome: &Outcome, started: Instant) {
+    let result = match outcome {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.code()),
+    };
+    crate::ops::calls::record(endpoint, method, result, started);
 }
 
 /// A provider's answer as the caller's reply.
@@ -179,6 +194,10 @@ impl Dispatcher {
         &self.registry
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn router(&self) -> &Router {
         &self.router
     }
@@ -194,6 +213,7 @@ impl Dispatcher {
         creds: Credentials,
         sink: Box<dyn ReplySink>,
     ) {
+        let started = Instant::now();
         let route = self
             .router
             .lookup(&request.endpoint)
@@ -221,7 +241,9 @@ impl Dispatcher {
         let (caller, params) = match admitted {
             Ok(a) => a,
             Err(e) => {
-                sink.send(Err(log_error(e, Some(request.method), &request.endpoint)));
+                let outcome = Err(log_error(e, Some(request.method), &request.endpoint));
+                count(&request.endpoint, request.method, &outcome, started);
+                sink.send(outcome);
                 return;
             }
         };
@@ -235,7 +257,7 @@ impl Dispatcher {
             caller,
             timeout_ms: request.timeout_ms,
         };
-        self.router.start(call, Box::new(Finish(sink)));
+        self.router.start(call, Box::new(Finish { sink, started }));
     }
 
     /// A provider's `publish`: the change gets a position in the hub's change sequence (it is
@@ -300,11 +322,14 @@ impl Dispatcher {
         caller: &Caller,
         creds: &Credentials,
     ) -> Outcome {
-        match self.route(&mut request, caller, creds).await {
+        let started = Instant::now();
+        let outcome = match self.route(&mut request, caller, creds).await {
             Ok(s) => Ok(s),
             Err(Fail::Hub(e)) => Err(log_error(e, Some(request.method), &request.endpoint)),
             Err(Fail::Provider(f)) => Err(log_provider_error(f, request.method, &request.endpoint)),
-        }
+        };
+        count(&request.endpoint, request.method, &outcome, started);
+        outcome
     }
 
     async fn route(

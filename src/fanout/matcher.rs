@@ -108,6 +108,15 @@ impl QueryIndex {
                 .sum::<usize>()
     }
 
+    /// Every live query filed here.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Sub>> {
+        self.by_term
+            .values()
+            .flat_map(|k| k.values())
+            .flatten()
+            .chain(&self.rest)
+    }
+
     pub fn insert(&mut self, sub: Arc<Sub>, group: &Group) {
         match required_term(group) {
             Some((path, key)) => self

@@ -342,6 +342,7 @@ impl Outbox {
                     "slow subscriber: its outbound queue passed max_outbound_bytes; closing the connection"
                 );
                 self.slow.cancel();
+                crate::ops::series().slow_consumer_disconnects.increment(1);
             }
             return false;
         }
@@ -397,9 +398,15 @@ impl Staging {
     }
 
     fn flush(&mut self) {
+        let mut delivered = 0u64;
         for (outbox, frames) in self.slots.drain(..) {
             outbox.staged.store(0, Ordering::Relaxed);
+            delivered += frames.len() as u64;
             outbox.send_all(frames);
+        }
+        // One increment per round, not per event.
+        if delivered > 0 {
+            crate::ops::series().events_delivered.increment(delivered);
         }
     }
 }
@@ -538,6 +545,23 @@ impl Fanout {
                 t.all.len() + t.objects.values().map(Vec::len).sum::<usize>() + t.queries.len()
             })
             .sum()
+    }
+
+    /// Bytes of change events queued for the connections that hold subscriptions, not yet
+    /// written (for the metrics; walks every subscription).
+    pub fn queued_bytes(&self) -> usize {
+        let topics = self.inner.topics.read();
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
+        for t in topics.values().flat_map(|ns| ns.values()) {
+            let subs = t.all.iter().chain(t.objects.values().flatten());
+            for sub in subs.chain(t.queries.iter()) {
+                if seen.insert(sub.outbox.conn) {
+                    bytes += sub.outbox.queued.load(Ordering::Relaxed);
+                }
+            }
+        }
+        bytes
     }
 
     fn register(&self, sub: &Arc<Sub>) {

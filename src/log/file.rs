@@ -311,8 +311,12 @@ impl FileLog {
             Durability::Never => false,
         };
         if sync {
+            let started = Instant::now();
             seg.file.sync_data()?;
             self.last_sync = Instant::now();
+            crate::ops::series()
+                .log_fsync_duration
+                .record((self.last_sync - started).as_secs_f64());
         }
         seg.good_len += self.buf.len() as u64;
         Ok(())

@@ -144,7 +144,11 @@ impl Log for SnapshottingLog {
             match write(&dir, seq, &entries) {
                 Ok((path, size)) => {
                     last_size.store(size, Ordering::Relaxed);
-                    match compact(&dir, &path, &log_dir, &covered) {
+                    let compacted = compact(&dir, &path, &log_dir, &covered);
+                    crate::ops::series()
+                        .snapshot_duration
+                        .record(started.elapsed().as_secs_f64());
+                    match compacted {
                         Ok(()) => tracing::info!(
                             seq,
                             objects = entries.len(),

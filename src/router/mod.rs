@@ -499,6 +499,7 @@ impl Router {
             Answer::Result(r) => p.settle(Ok(r)),
             Answer::Reject(reason) => {
                 tracing::debug!(callid, connection, %reason, "call rejected");
+                crate::ops::series().provider_rejects.increment(1);
                 p.lost = false;
                 p.rejected = Some(reason);
                 self.dispatch(callid, p);
@@ -550,6 +551,7 @@ impl Router {
             None => limit,
         };
         let callid = self.inner.next_call.fetch_add(1, Ordering::Relaxed);
+        crate::ops::series().routed_calls.increment(1);
         self.ensure_sweeper();
         let p = Box::new(Pending {
             call,
@@ -701,6 +703,7 @@ impl Router {
                 .remove_if(&callid, |_, p| p.deadline <= now)
             {
                 cancel(callid, &p, "timeout");
+                crate::ops::series().provider_timeouts.increment(1);
                 let e = FlowError::new(
                     ErrorCode::ProviderTimeout,
                     format!(

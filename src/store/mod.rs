@@ -82,6 +82,11 @@ pub(crate) struct Shared {
     last_seq: std::sync::atomic::AtomicU64,
     /// Where the sequencer hands each committed batch, in commit order (the fan-out).
     changes: parking_lot::Mutex<Option<mpsc::Sender<Vec<Change>>>>,
+    /// Why the last log append failed, until one succeeds (`GET /ready` says not ready).
+    log_failure: parking_lot::Mutex<Option<String>>,
+    /// Whether `log_failure` is set: the sequencer reads this flag after every append instead
+    /// of taking the lock.
+    log_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -118,6 +123,24 @@ impl Shared {
             }
         }
         out
+    }
+
+    /// Records how the last log append ended (sequencer thread only): an error makes the
+    /// store unwritable until an append succeeds again.
+    fn log_appended(&self, result: Result<(), &std::io::Error>) {
+        use std::sync::atomic::Ordering;
+        match result {
+            Ok(()) => {
+                if self.log_failing.load(Ordering::Relaxed) {
+                    *self.log_failure.lock() = None;
+                    self.log_failing.store(false, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                *self.log_failure.lock() = Some(e.to_string());
+                self.log_failing.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Applies one committed change (sequencer thread only).
@@ -200,6 +223,8 @@ impl Store {
             config,
             last_seq: std::sync::atomic::AtomicU64::new(last_seq),
             changes: parking_lot::Mutex::new(None),
+            log_failure: parking_lot::Mutex::new(None),
+            log_failing: std::sync::atomic::AtomicBool::new(false),
         });
         // Records come grouped by collection (a snapshot is written collection by collection):
         // keep the last collection at hand instead of looking it up for every record.
@@ -258,6 +283,31 @@ impl Store {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+    }
+
+    /// Why writes are refused: the error of the last log append, while no append has
+    /// succeeded since. `None` when the log takes writes.
+    pub fn log_failure(&self) -> Option<String> {
+        if !self
+            .shared
+            .log_failing
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        self.shared.log_failure.lock().clone()
+    }
+
+    /// The number of objects stored, in every endpoint and namespace (a read lock on each
+    /// collection in turn; for the metrics).
+    pub fn objects(&self) -> usize {
+        let mut n = 0;
+        for ep in self.shared.endpoints.iter() {
+            for ns in ep.namespaces.iter() {
+                n += ns.value().read().len();
+            }
+        }
+        n
     }
 
     /// Whether a hub-stored endpoint of this name exists (in any namespace).

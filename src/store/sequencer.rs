@@ -193,7 +193,18 @@ fn run(
         let logged = if changes.is_empty() {
             Ok(())
         } else {
-            log.append(&records)
+            let logged = log.append(&records);
+            shared.log_appended(logged.as_ref().map(|_| ()));
+            let series = crate::ops::series();
+            match &logged {
+                Ok(()) if !records.is_empty() => {
+                    series.log_appends.increment(1);
+                    series.log_records.increment(records.len() as u64);
+                }
+                Ok(()) => {}
+                Err(_) => series.log_append_failures.increment(1),
+            }
+            logged
         };
         match logged {
             Ok(()) => {

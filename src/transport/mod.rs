@@ -1,5 +1,5 @@
 //! The listener: one TCP port serving the HTTP bridge (`/api/...`), the WebSocket upgrade
-//! (`/ws`) and the operational endpoints (`/health`).
+//! (`/ws`) and the operational endpoints (`/health`, `/ready`, `/metrics`: [`ops`]).
 //!
 //! Each accepted connection gets its own task; the TLS handshake, the HTTP parse and the
 //! WebSocket handshake run there, under `handshake_timeout_ms`, so a slow client never stalls
@@ -11,7 +11,7 @@
 //! HTTP status of a refused upgrade but does see a close code and reason. A refused connection
 //! takes no place among `max_connections`; refusals in progress are bounded on their own
 //! ([`MAX_REFUSING`]) and each gets [`REFUSE_WAIT`] at most, so a flood from one address costs
-//! the others nothing. The operational endpoints (`/health`) answer refused connections too.
+//! the others nothing. The operational endpoints answer refused connections too.
 //! The transport decodes and encodes; what a call means is the dispatcher's business.
 //!
 //! Shutdown: the listener closes at once (new connections are refused), HTTP connections finish
@@ -22,6 +22,8 @@
 pub mod address;
 pub mod http;
 pub mod openapi;
+pub mod ops;
+pub mod recovering;
 pub mod tls;
 pub mod ws;
 
@@ -139,6 +141,7 @@ pub async fn serve(
             },
             _ = stop.cancelled() => break,
         };
+        crate::ops::series().connections_accepted.increment(1);
         let _ = stream.set_nodelay(true);
         let place = match per_address {
             0 => None,
@@ -255,6 +258,8 @@ async fn connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // A caller in the metrics until it ends; once upgraded, its WebSocket session counts it.
+    let _open = crate::ops::connections::Open::caller();
     let hub2 = hub.clone();
     let refused = slot.is_none();
     let conn_slot = slot.clone();
@@ -314,8 +319,8 @@ async fn route(
             Some(conn) => ws::upgrade(req, hub, conn, ws::Mode::Echo),
             None => ws::refuse(req, hub),
         }
-    } else if path == "/health" {
-        http::json_response(200, Bytes::from_static(b"{\"status\":\"ok\"}"))
+    } else if ops::PATHS.contains(&path) {
+        ops::handle(req, &hub).await
     } else if is_api && conn.is_none() {
         http::too_many_connections(&hub, path)
     } else if is_api {

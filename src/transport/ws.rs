@@ -62,6 +62,7 @@ use crate::auth::{Credentials, Session};
 use crate::dispatch::{log_error, ReplySink};
 use crate::fanout::{Connection, Outgoing, SLOW_CLOSE_CODE};
 use crate::limits::{breach, Limit, CLOSE_IDLE, CLOSE_TRY_AGAIN_LATER};
+use crate::ops::connections::Kind;
 use crate::protocol::frame::{decode, decode_text, parse_frame, requestid_of};
 use crate::protocol::provider::parse_result_text;
 use crate::protocol::{encode, Caller, Encoding, FlowError, Frame, Framing, Outcome, Success};
@@ -155,6 +156,8 @@ struct Peer {
     link: Arc<Link>,
     /// Its authentication: the login, and the client's address for throttling.
     creds: Credentials,
+    /// Its place in `flowhub_connections_open` (caller, subscriber or provider).
+    open: Arc<crate::ops::connections::Open>,
 }
 
 /// How long a slow subscriber's socket is kept (with nothing queued for it any more) for its
@@ -307,6 +310,7 @@ where
             session: Some(Session::new()),
             peer,
         },
+        open: Arc::new(crate::ops::connections::Open::caller()),
     };
     let close = read_loop(
         &mut stream,
@@ -693,6 +697,7 @@ where
                 let endpoint = provide.endpoint.clone();
                 let outcome = may_provide(hub, peer, &provide)
                     .and_then(|()| router.provide(&peer.link, provide, encoding))
+                    .inspect(|_| peer.open.became(Kind::Provider))
                     .map(Success::value)
                     .map_err(|e| log_error(e, None, &endpoint));
                 reply_later(tx, outcome, requestid, encoding, permit);
@@ -735,10 +740,12 @@ where
                 let subs = subscriptions.clone();
                 // Subscribing needs the right to, like a call needs the right to call.
                 let allowed = may_subscribe(hub, peer, &subscribe);
+                let open = peer.open.clone();
                 tokio::spawn(async move {
                     let endpoint = subscribe.endpoint.clone();
                     let subscribed = allowed
-                        .and_then(|()| subs.subscribe(subscribe, requestid.as_ref(), encoding));
+                        .and_then(|()| subs.subscribe(subscribe, requestid.as_ref(), encoding))
+                        .inspect(|()| open.became(Kind::Subscriber));
                     if let Err(e) = subscribed {
                         let outcome = Err(log_error(e, None, &endpoint));
                         send(&tx, &outcome, requestid.as_ref(), encoding).await;
