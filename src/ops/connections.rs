@@ -22,11 +22,7 @@ impl Kind {
     pub const ALL: [Kind; 3] = [Kind::Caller, Kind::Subscriber, Kind::Provider];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Caller => "caller",
-            Kind::Subscriber => "subscriber",
-            Kind::Provider => "provider",
-        }
+        super::series::CONNECTION_KINDS[self as usize]
     }
 
     fn from_u8(v: u8) -> Kind {

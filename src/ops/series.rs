@@ -51,12 +51,14 @@ pub struct Series {
     pub store_objects: Gauge,
 }
 
+/// The `kind` label of open connections, by `connections::Kind as usize`.
+pub const CONNECTION_KINDS: [&str; 3] = ["caller", "subscriber", "provider"];
+
 static SERIES: LazyLock<Series> = LazyLock::new(|| {
     // Handles made before the recorder is installed would record nowhere, for good.
     super::install();
     Series {
-        connections_open: super::connections::Kind::ALL
-            .map(|k| gauge!(CONNECTIONS_OPEN, "kind" => k.as_str())),
+        connections_open: CONNECTION_KINDS.map(|k| gauge!(CONNECTIONS_OPEN, "kind" => k)),
         connections_accepted: counter!(CONNECTIONS_ACCEPTED),
         routed_calls: counter!(ROUTED_CALLS),
         provider_timeouts: counter!(PROVIDER_TIMEOUTS),
