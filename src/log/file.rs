@@ -374,7 +374,9 @@ fn make_spare(dir: &Path, size: u64) -> io::Result<()> {
     made
 }
 
-/// Whether `path` is a spare segment left by an earlier run: the magic, then only zeros.
+/// Whether `path` is a spare segment left by an earlier run. A spare gets its name only once
+/// it is whole and fsynced ([`make_spare`]), so its magic and its length are enough: its zeros
+/// are not read again (that would read a whole segment at every start).
 fn is_spare(path: &Path) -> bool {
     let Ok(file) = File::open(path) else {
         return false;
@@ -382,7 +384,7 @@ fn is_spare(path: &Path) -> bool {
     let mut magic = [0u8; MAGIC.len()];
     read_exact_at(&file, &mut magic, 0).is_ok()
         && &magic == MAGIC
-        && zeros_after(&file, MAGIC.len() as u64).unwrap_or(false)
+        && file.metadata().is_ok_and(|m| m.len() > MAGIC.len() as u64)
 }
 
 /// Whether the file holds only zeros after `from` (and more than nothing).
