@@ -19,7 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::auth::{Action, Auth, Credentials};
+use crate::auth::{Action, Auth, Credentials, Identity};
 use crate::protocol::params::{expected_version, list_query, normalize};
 use crate::protocol::provider::{
     ProviderFailure, ProviderResult, Publish, PublishKind, ResultData,
@@ -162,6 +162,39 @@ impl From<FlowError> for Fail {
     }
 }
 
+/// What a call needs once the checks that answer at once are passed ([`Dispatcher::plan`]).
+enum Next {
+    /// Answered already: the hub's own endpoints, store reads.
+    Done(Success),
+    /// A write, answered when the sequencer has committed it.
+    Write(WriteOp),
+    /// A call to a provider.
+    Routed(RoutedRequest),
+    /// A call to the authentication engine's endpoints (`auth/...`), by this identity
+    /// (`None` for a login, which brings its credentials as its data).
+    Auth(Option<Identity>),
+}
+
+/// A call's result as its outcome, its error logged with its id.
+fn outcome_of(result: Result<Success, Fail>, method: Method, endpoint: &str) -> Outcome {
+    match result {
+        Ok(s) => Ok(s),
+        Err(Fail::Hub(e)) => Err(log_error(e, Some(method), endpoint)),
+        Err(Fail::Provider(f)) => Err(log_provider_error(f, method, endpoint)),
+    }
+}
+
+/// A login: CREATE on auth/token with a user name (and password) as data.
+fn is_login(req: &Request) -> bool {
+    req.endpoint == crate::auth::TOKEN_ENDPOINT
+        && req.method == Method::Create
+        && req.token.is_none()
+        && req
+            .data
+            .as_ref()
+            .is_some_and(|d| d.get("username").is_some())
+}
+
 impl Dispatcher {
     /// A dispatcher with a router of its own and the default call deadline.
     pub fn new(store: Store, max_list_items: usize) -> Dispatcher {
@@ -219,11 +252,7 @@ impl Dispatcher {
             .lookup(&request.endpoint)
             .filter(|r| r.methods.contains(request.method) && creds.basic.is_none());
         let Some(route) = route else {
-            let d = self.clone();
-            tokio::spawn(async move {
-                let outcome = d.call_with(request, &caller, &creds).await;
-                sink.send(outcome);
-            });
+            self.call_unrouted(request, caller, creds, sink, started);
             return;
         };
         let admitted = self
@@ -258,6 +287,68 @@ impl Dispatcher {
             timeout_ms: request.timeout_ms,
         };
         self.router.start(call, Box::new(Finish { sink, started }));
+    }
+
+    /// A call no provider serves, whose outcome goes to `sink`. Whatever answers at once is
+    /// answered here, on the caller's task; a write goes to the sequencer with its reply
+    /// attached, so no task waits for the commit. Only a call whose authentication must wait
+    /// (a password to hash) or that goes to the authentication engine runs in a task.
+    fn call_unrouted(
+        &self,
+        mut request: Request,
+        caller: Caller,
+        creds: Credentials,
+        sink: Box<dyn ReplySink>,
+        started: Instant,
+    ) {
+        let answers_at_once = creds.basic.is_none() && !is_login(&request);
+        let who = answers_at_once.then(|| {
+            self.auth
+                .authenticate_now(request.token.as_deref(), &creds)
+                .map_err(Fail::Hub)
+                .and_then(|who| self.plan(&mut request, &caller, Some(who)))
+        });
+        let finish =
+            move |result: Result<Success, Fail>, request: &Request, sink: Box<dyn ReplySink>| {
+                let outcome = outcome_of(result, request.method, &request.endpoint);
+                count(&request.endpoint, request.method, &outcome, started);
+                sink.send(outcome);
+            };
+        match who {
+            Some(Ok(Next::Done(s))) => finish(Ok(s), &request, sink),
+            Some(Err(f)) => finish(Err(f), &request, sink),
+            Some(Ok(Next::Write(op))) => {
+                let method = request.method;
+                let endpoint = request.endpoint;
+                self.store.submit(
+                    op,
+                    Box::new(move |result| {
+                        let outcome =
+                            outcome_of(store_outcome(result).map_err(Fail::Hub), method, &endpoint);
+                        count(&endpoint, method, &outcome, started);
+                        sink.send(outcome);
+                    }),
+                );
+            }
+            Some(Ok(Next::Routed(call))) => {
+                self.router.start(call, Box::new(Finish { sink, started }));
+            }
+            Some(Ok(Next::Auth(who))) => {
+                let auth = self.auth.clone();
+                tokio::spawn(async move {
+                    let result =
+                        crate::auth::endpoints::call(&auth, &request, who.as_ref(), &creds).await;
+                    finish(result.map_err(Fail::Hub), &request, sink);
+                });
+            }
+            None => {
+                let d = self.clone();
+                tokio::spawn(async move {
+                    let outcome = d.call_with(request, &caller, &creds).await;
+                    sink.send(outcome);
+                });
+            }
+        }
     }
 
     /// A provider's `publish`: the change gets a position in the hub's change sequence (it is
@@ -323,11 +414,8 @@ impl Dispatcher {
         creds: &Credentials,
     ) -> Outcome {
         let started = Instant::now();
-        let outcome = match self.route(&mut request, caller, creds).await {
-            Ok(s) => Ok(s),
-            Err(Fail::Hub(e)) => Err(log_error(e, Some(request.method), &request.endpoint)),
-            Err(Fail::Provider(f)) => Err(log_provider_error(f, request.method, &request.endpoint)),
-        };
+        let result = self.route(&mut request, caller, creds).await;
+        let outcome = outcome_of(result, request.method, &request.endpoint);
         count(&request.endpoint, request.method, &outcome, started);
         outcome
     }
@@ -340,20 +428,32 @@ impl Dispatcher {
     ) -> Result<Success, Fail> {
         // A login (CREATE on auth/token with a user name and password as data) is the one
         // call that brings its credentials in its data; the engine checks them itself.
-        let login = req.endpoint == crate::auth::TOKEN_ENDPOINT
-            && req.method == Method::Create
-            && req.token.is_none()
-            && req
-                .data
-                .as_ref()
-                .is_some_and(|d| d.get("username").is_some());
-        let who = if login {
+        let who = if is_login(req) {
             None
         } else {
             Some(self.auth.authenticate(req.token.as_deref(), creds).await?)
         };
+        match self.plan(req, caller, who)? {
+            Next::Done(s) => Ok(s),
+            Next::Write(op) => Ok(store_outcome(self.store.write(op).await)?),
+            Next::Routed(call) => routed(self.router.call(call).await),
+            Next::Auth(who) => {
+                Ok(crate::auth::endpoints::call(&self.auth, req, who.as_ref(), creds).await?)
+            }
+        }
+    }
+
+    /// Everything about a call that answers at once, given who makes it: authorization,
+    /// validation, the hub's own endpoints, store reads. What must wait (a write's commit, a
+    /// provider's answer, the authentication engine) is returned as the next step.
+    fn plan(
+        &self,
+        req: &mut Request,
+        caller: &Caller,
+        who: Option<Identity>,
+    ) -> Result<Next, Fail> {
         if crate::auth::is_auth_endpoint(&req.endpoint) {
-            return Ok(crate::auth::endpoints::call(&self.auth, req, who.as_ref(), creds).await?);
+            return Ok(Next::Auth(who));
         }
         let Some(who) = who else {
             return Err(FlowError::internal("a call without an identity").into());
@@ -368,7 +468,7 @@ impl Dispatcher {
                 &req.endpoint,
                 &req.namespace,
             )?;
-            return Ok(system::call(&self.registry, req)?);
+            return Ok(Next::Done(system::call(&self.registry, req)?));
         }
         req.validate()?;
         if crate::router::is_reserved(&req.endpoint) {
@@ -406,7 +506,7 @@ impl Dispatcher {
             .as_ref()
             .is_some_and(|r| r.methods.contains(req.method))
         {
-            let call = RoutedRequest {
+            return Ok(Next::Routed(RoutedRequest {
                 method: req.method,
                 endpoint: req.endpoint.clone(),
                 objectid: req.objectid.clone(),
@@ -415,8 +515,7 @@ impl Dispatcher {
                 data: req.data.take(),
                 caller: caller.clone(),
                 timeout_ms: req.timeout_ms,
-            };
-            return routed(self.router.call(call).await);
+            }));
         }
         // The data moves into the write; everything else is read in place.
         let data = req.data.take();
@@ -432,19 +531,17 @@ impl Dispatcher {
         if known.is_none() && req.method != Method::Create {
             return Err(FlowError::not_found(format!("Endpoint {ep} does not exist")).into());
         }
-        Ok(self
-            .store_method(req, &params, data, known.is_some())
-            .await?)
+        Ok(self.store_method(req, &params, data, known.is_some())?)
     }
 
     /// A method on the record store; `known`: the endpoint exists.
-    async fn store_method(
+    fn store_method(
         &self,
         req: &Request,
         params: &Map<String, Value>,
         data: Option<Value>,
         known: bool,
-    ) -> Result<Success, FlowError> {
+    ) -> Result<Next, FlowError> {
         let ns = req.namespace.as_str();
         let ep = req.endpoint.as_str();
         match req.method {
@@ -464,7 +561,7 @@ impl Dispatcher {
                         result.count
                     )));
                 }
-                Ok(Success {
+                Ok(Next::Done(Success {
                     data: Data::StoredList(
                         result
                             .items
@@ -473,12 +570,12 @@ impl Dispatcher {
                             .collect(),
                     ),
                     count: Some(result.count),
-                })
+                }))
             }
             Method::Open => {
                 let id = objectid(req)?;
                 let record = self.store.open(ep, ns, id).ok_or_else(object_missing)?;
-                Ok(stored(record))
+                Ok(Next::Done(stored(record)))
             }
             Method::Index => match &req.objectid {
                 Some(id) => {
@@ -486,9 +583,9 @@ impl Dispatcher {
                         .store
                         .index_entry(ep, ns, id)
                         .ok_or_else(object_missing)?;
-                    Ok(Success::value(entry))
+                    Ok(Next::Done(Success::value(entry)))
                 }
-                None => Ok(Success::value(self.store.catalogue(ep, ns))),
+                None => Ok(Next::Done(Success::value(self.store.catalogue(ep, ns)))),
             },
             Method::Create => {
                 if let (Some(app), false) = (&req.application, known) {
@@ -521,7 +618,7 @@ impl Dispatcher {
                     id,
                     data,
                 };
-                self.write(op).await
+                Ok(Next::Write(op))
             }
             Method::Update => {
                 let patch = object_data(req, data)?;
@@ -541,7 +638,7 @@ impl Dispatcher {
                     patch,
                     expected,
                 };
-                self.write(op).await
+                Ok(Next::Write(op))
             }
             Method::Delete => {
                 let op = WriteOp::Delete {
@@ -550,25 +647,26 @@ impl Dispatcher {
                     id: objectid(req)?.into(),
                     expected: expected_version(params)?,
                 };
-                self.write(op).await
+                Ok(Next::Write(op))
             }
             Method::Run => unreachable!("RUN was answered above"),
         }
     }
+}
 
-    async fn write(&self, op: WriteOp) -> Result<Success, FlowError> {
-        match self.store.write(op).await {
-            Ok(record) => Ok(stored(record)),
-            Err(StoreError::NotFound(_)) => Err(object_missing()),
-            Err(e @ StoreError::AlreadyExists(_)) => {
-                Err(FlowError::new(ErrorCode::AlreadyExists, e.to_string()))
-            }
-            Err(e @ StoreError::Conflict { .. }) => {
-                Err(FlowError::new(ErrorCode::Conflict, e.to_string()))
-            }
-            Err(e @ StoreError::Unavailable(_)) => {
-                Err(FlowError::new(ErrorCode::Unavailable, e.to_string()))
-            }
+/// A write's commit as the call's result.
+fn store_outcome(result: Result<Arc<Record>, StoreError>) -> Result<Success, FlowError> {
+    match result {
+        Ok(record) => Ok(stored(record)),
+        Err(StoreError::NotFound(_)) => Err(object_missing()),
+        Err(e @ StoreError::AlreadyExists(_)) => {
+            Err(FlowError::new(ErrorCode::AlreadyExists, e.to_string()))
+        }
+        Err(e @ StoreError::Conflict { .. }) => {
+            Err(FlowError::new(ErrorCode::Conflict, e.to_string()))
+        }
+        Err(e @ StoreError::Unavailable(_)) => {
+            Err(FlowError::new(ErrorCode::Unavailable, e.to_string()))
         }
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use collection::{Collection, ListResult};
 pub use record::Record;
-pub use sequencer::{Change, ChangeKind, WriteOp};
+pub use sequencer::{Change, ChangeKind, Done, WriteOp};
 
 use crate::log::{Log, LogRecord};
 use crate::query::{Fields, Group, ListQuery, Operator, Path};
@@ -526,12 +526,37 @@ impl Store {
     /// Sends a write to the sequencer and waits for its commit.
     pub async fn write(&self, op: WriteOp) -> Result<Arc<Record>, StoreError> {
         let (reply, rx) = oneshot::channel();
+        let reply = sequencer::Reply::Channel(reply);
         self.writes
             .send(sequencer::WriteRequest { op, reply })
             .await
             .map_err(|_| StoreError::Unavailable("the sequencer has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the sequencer has stopped".into()))?
+    }
+
+    /// Sends a write to the sequencer; `done` gets its outcome on the sequencer's thread once
+    /// its batch is committed or has failed, and must return quickly (it holds up the next
+    /// batch). No task waits for the commit. While the queue is full, a task waits for room.
+    pub fn submit(&self, op: WriteOp, done: Done) {
+        use mpsc::error::TrySendError;
+        let stopped = || StoreError::Unavailable("the sequencer has stopped".into());
+        let request = sequencer::WriteRequest {
+            op,
+            reply: sequencer::Reply::Call(done),
+        };
+        match self.writes.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(request)) => {
+                let writes = self.writes.clone();
+                tokio::spawn(async move {
+                    if let Err(mpsc::error::SendError(request)) = writes.send(request).await {
+                        request.reply.send(Err(stopped()));
+                    }
+                });
+            }
+            Err(TrySendError::Closed(request)) => request.reply.send(Err(stopped())),
+        }
     }
 }
 

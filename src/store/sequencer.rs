@@ -107,7 +107,28 @@ pub struct Change {
 
 pub(super) struct WriteRequest {
     pub op: WriteOp,
-    pub reply: oneshot::Sender<Result<Arc<Record>, StoreError>>,
+    pub reply: Reply,
+}
+
+/// What a write's outcome does once its batch is committed (or has failed).
+pub type Done = Box<dyn FnOnce(Result<Arc<Record>, StoreError>) + Send>;
+
+/// Where a write's outcome goes: to a task awaiting it, or straight into a function run on
+/// the sequencer's thread (a WebSocket call's reply: no task waits for the commit).
+pub(super) enum Reply {
+    Channel(oneshot::Sender<Result<Arc<Record>, StoreError>>),
+    Call(Done),
+}
+
+impl Reply {
+    pub(super) fn send(self, result: Result<Arc<Record>, StoreError>) {
+        match self {
+            Reply::Channel(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Call(done) => done(result),
+        }
+    }
 }
 
 pub(super) fn spawn(
@@ -116,9 +137,15 @@ pub(super) fn spawn(
     next_seq: u64,
 ) -> std::io::Result<(mpsc::Sender<WriteRequest>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    // Replies run on this thread ([`Reply::Call`]); one that must wait for room in a
+    // connection's queue spawns a task for it, so the thread belongs to the hub's runtime.
+    let runtime = tokio::runtime::Handle::try_current().ok();
     let handle = std::thread::Builder::new()
         .name("flowhub-sequencer".into())
-        .spawn(move || run(shared, rx, log, next_seq))?;
+        .spawn(move || {
+            let _entered = runtime.as_ref().map(|r| r.enter());
+            run(shared, rx, log, next_seq)
+        })?;
     Ok((tx, handle))
 }
 
@@ -225,7 +252,7 @@ fn run(
                             .or_else(|| c.old.clone())
                             .ok_or_else(|| StoreError::NotFound(c.id.to_string()))
                     });
-                    let _ = reply.send(result);
+                    reply.send(result);
                 }
                 if !changes.is_empty() {
                     // Cloned out so that the lock is not held while the channel is full.
@@ -245,7 +272,7 @@ fn run(
                 // Every write of the batch, even one refused on its own: it was checked
                 // against the batch's earlier writes, which never happened.
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+                    reply.send(Err(StoreError::Unavailable(e.to_string())));
                 }
             }
         }

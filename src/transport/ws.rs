@@ -128,12 +128,23 @@ impl ReplySink for WsReply {
             return;
         };
         if let Err(TrySendError::Full(msg)) = self.tx.try_send(msg) {
-            // The client reads slowly: wait for room in a task, still holding the permit.
+            // The client reads slowly: wait for room in a task, still holding the permit. (A
+            // write's reply is sent from the sequencer's thread, which has the runtime too.)
             let WsReply { tx, permit, .. } = *self;
-            tokio::spawn(async move {
-                let _ = tx.send(msg).await;
-                drop(permit);
-            });
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        let _ = tx.send(msg).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    std::thread::spawn(move || {
+                        let _ = tx.blocking_send(msg);
+                        drop(permit);
+                    });
+                }
+            }
         }
     }
 }

@@ -54,6 +54,13 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
             ws::call_ok(&mut ws, &frame).await?;
         }
     }
+    if let Some(secs) = std::env::var_os("FLOWHUB_BENCH_DURABLE_SOAK") {
+        let secs: f64 = secs
+            .to_string_lossy()
+            .parse()
+            .map_err(|_| "FLOWHUB_BENCH_DURABLE_SOAK takes seconds")?;
+        return soak(plan, &hub, std::time::Duration::from_secs_f64(secs)).await;
+    }
     let (peer_name, peer) = match redis::locate() {
         Ok(bin) => {
             let version = redis::version(&bin);
@@ -198,6 +205,32 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
             "p99_met": p99_ok,
         },
     }))
+}
+
+/// A profiling aid (`FLOWHUB_BENCH_DURABLE_SOAK=SECONDS`): the hub alone with 64 writers for
+/// one long window, its pid printed first for `perf record -p` or `perf stat -p`.
+async fn soak(plan: &Plan, hub: &Hub, length: std::time::Duration) -> Res<Value> {
+    let writers = WRITERS[WRITERS.len() - 1];
+    println!(
+        "FLOWHUB_BENCH_DURABLE_SOAK: hub pid {}; {writers} writers, {:.1} s after {:.1} s warm-up",
+        hub.pid,
+        length.as_secs_f64(),
+        plan.warmup.as_secs_f64()
+    );
+    let plan = Plan {
+        window: length,
+        ..plan.clone()
+    };
+    let s = hub_writers(hub, writers, &plan).await?;
+    let f = Figures::new(&s.hist, s.secs, s.cpu);
+    println!(
+        "flowhub: {} writes/s, p50 {} µs, p99 {} µs, hub CPU {} µs/write",
+        num(Some(f.per_sec())),
+        num(Some(f.p50_us)),
+        num(Some(f.p99_us)),
+        num(f.cpu_us_per_op)
+    );
+    Ok(json!({"scenario": "durable-update", "soak_s": length.as_secs_f64(), "flowhub": f.json()}))
 }
 
 /// `writers` WebSockets, each a closed loop of UPDATE on its own object.
