@@ -1,6 +1,15 @@
 //! JSON merge patch (RFC 7386): a `null` in the patch removes a field, an object merges
 //! recursively, anything else replaces.
+//!
+//! [`merge_patch`] works on trees; [`merge_text`] applies a patch to an object's stored text
+//! directly: the members the patch leaves alone are copied as the text they are, so an UPDATE
+//! of one field costs no parse of the others.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Applies `patch` to `target` in place.
@@ -23,6 +32,131 @@ pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) 
             }
         }
     }
+}
+
+/// A member name of an object's text: borrowed unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The members of an object's text, in order, each value as its text.
+struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(member) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `object` (the text of a JSON object, written by the hub) with `patch` applied, then
+/// `set` — members the hub manages, such as `updated` and `version` — put in: exactly the
+/// text that parsing `object`, [`merge_patch`], inserting `set` in order and writing the
+/// tree back would give, with key order kept (a replaced member stays where it was, new ones
+/// follow in the patch's order, then any of `set` the object lacked). `None` if `object` is
+/// not an object's text.
+pub fn merge_text(
+    object: &[u8],
+    patch: &Map<String, Value>,
+    set: &[(&str, Value)],
+) -> Option<Vec<u8>> {
+    let Members(members) = serde_json::from_slice(object).ok()?;
+    let mut out = Vec::with_capacity(object.len() + 64);
+    out.push(b'{');
+    let put = |out: &mut Vec<u8>, key: &str, value: Result<&[u8], &Value>| {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // Writing a string or a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        match value {
+            Ok(raw) => out.extend_from_slice(raw),
+            Err(v) => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+        }
+    };
+    // Linear lookups for the usual few members; a set for large objects.
+    let names: Option<std::collections::HashSet<&str>> =
+        (members.len() > 16).then(|| members.iter().map(|(k, _)| k.0.as_ref()).collect());
+    let has = |name: &str| match &names {
+        Some(set) => set.contains(name),
+        None => members.iter().any(|(k, _)| k.0 == name),
+    };
+    for (Key(key), raw) in &members {
+        if let Some((_, v)) = set.iter().find(|(k, _)| *k == key.as_ref()) {
+            put(&mut out, key, Err(v));
+            continue;
+        }
+        match patch.get(key.as_ref()) {
+            None => put(&mut out, key, Ok(raw.get().as_bytes())),
+            Some(Value::Null) => {}
+            Some(Value::Object(p)) => {
+                let mut target = match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
+                merge_patch(&mut target, p);
+                put(&mut out, key, Err(&Value::Object(target)));
+            }
+            Some(v) => put(&mut out, key, Err(v)),
+        }
+    }
+    for (key, v) in patch {
+        if has(key) || set.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        match v {
+            Value::Null => {}
+            Value::Object(p) => {
+                let mut fresh = Map::new();
+                merge_patch(&mut fresh, p);
+                put(&mut out, key, Err(&Value::Object(fresh)));
+            }
+            v => put(&mut out, key, Err(v)),
+        }
+    }
+    for (key, v) in set {
+        if !has(key) {
+            put(&mut out, key, Err(v));
+        }
+    }
+    out.push(b'}');
+    Some(out)
 }
 
 #[cfg(test)]
@@ -67,5 +201,57 @@ mod tests {
             merge_patch(&mut t, patch.as_object().unwrap());
             assert_eq!(Value::Object(t), want);
         }
+    }
+
+    /// The tree way: parse, merge, insert the managed members, write.
+    fn by_tree(object: &Value, patch: &Map<String, Value>, set: &[(&str, Value)]) -> Vec<u8> {
+        let mut fields = object.as_object().unwrap().clone();
+        merge_patch(&mut fields, patch);
+        for (k, v) in set {
+            fields.insert(k.to_string(), v.clone());
+        }
+        serde_json::to_vec(&fields).unwrap()
+    }
+
+    #[test]
+    fn merging_text_gives_exactly_the_text_of_merging_the_tree() {
+        let objects = [
+            json!({"id": "a", "created": "t0", "updated": "t0", "version": 1, "name": "x", "n": 1.5}),
+            json!({"id": "b", "updated": "t0", "version": 2, "nested": {"a": 1, "b": {"c": [1, 2]}}, "list": [1, {"x": null}]}),
+            json!({"id": "c", "ke\"y": "v", "été": "☃", "big": 1e300, "neg": -0.0, "int": 18446744073709551615u64}),
+            json!({"id": "d"}),
+            json!({}),
+        ];
+        let patches = [
+            json!({}),
+            json!({"name": "y"}),
+            json!({"name": null, "fresh": 3}),
+            json!({"nested": {"b": {"c": null, "d": true}, "e": {"f": null}}}),
+            json!({"nested": 5, "list": {"now": "an object", "gone": null}}),
+            json!({"ke\"y": null, "été": {"x": 1}, "z": [null]}),
+            json!({"a": 1, "b": null, "c": {"d": null}, "id": "ignored?"}),
+        ];
+        let set = [("updated", json!("t1")), ("version", json!(9))];
+        for object in &objects {
+            let text = serde_json::to_vec(object).unwrap();
+            for patch in &patches {
+                let patch = patch.as_object().unwrap();
+                let want = by_tree(object, patch, &set);
+                let got = merge_text(&text, patch, &set).unwrap();
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    String::from_utf8(want).unwrap(),
+                    "object {object} patch {patch:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn merging_into_text_that_is_no_object_gives_nothing() {
+        let patch = Map::new();
+        assert!(merge_text(b"[1]", &patch, &[]).is_none());
+        assert!(merge_text(b"{\"a\":", &patch, &[]).is_none());
+        assert!(merge_text(b"", &patch, &[]).is_none());
     }
 }

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::merge::merge_patch;
+use super::merge::{merge_patch, merge_text};
 use super::record::Record;
 use super::{Shared, StoreError};
 use crate::log::{Log, LogRecord};
@@ -360,14 +360,27 @@ fn prepare(
             let old = current(shared, overlay, changes, &endpoint, &namespace, &id)
                 .ok_or(StoreError::NotFound(id))?;
             check_version(&old, expected)?;
-            let mut fields = old.fields();
             for m in MANAGED {
                 patch.shift_remove(m);
             }
-            merge_patch(&mut fields, &patch);
-            fields.insert("updated".into(), Value::String(stamp.to_string()));
-            fields.insert("version".into(), Value::from(seq));
-            let record = Arc::new(Record::new(old.id.clone(), old.created_seq, seq, fields));
+            let set = [
+                ("updated", Value::String(stamp.to_string())),
+                ("version", Value::from(seq)),
+            ];
+            // The stored text, patched as text; should it not parse (a fault, logged by
+            // `fields`), as a tree from an empty object.
+            let record = match merge_text(&old.json, &patch, &set) {
+                Some(json) => Record::with_json(old.id.clone(), old.created_seq, seq, json.into()),
+                None => {
+                    let mut fields = old.fields();
+                    merge_patch(&mut fields, &patch);
+                    for (k, v) in set {
+                        fields.insert(k.into(), v);
+                    }
+                    Record::new(old.id.clone(), old.created_seq, seq, fields)
+                }
+            };
+            let record = Arc::new(record);
             Ok(Change {
                 seq,
                 kind: ChangeKind::Update,
