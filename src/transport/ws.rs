@@ -63,7 +63,7 @@ use crate::dispatch::{log_error, ReplySink};
 use crate::fanout::{Connection, Outgoing, SLOW_CLOSE_CODE};
 use crate::limits::{breach, Limit, CLOSE_IDLE, CLOSE_TRY_AGAIN_LATER};
 use crate::ops::connections::Kind;
-use crate::protocol::frame::{decode, decode_text, parse_frame, requestid_of};
+use crate::protocol::frame::{decode, decode_text, parse_call_text, parse_frame, requestid_of};
 use crate::protocol::provider::parse_result_text;
 use crate::protocol::{encode, Caller, Encoding, FlowError, Frame, Framing, Outcome, Success};
 use crate::router::{Link, Outbox, Queued};
@@ -658,21 +658,32 @@ where
             }
             continue;
         }
-        // A text frame is UTF-8 already; the JSON parser need not check it again.
-        let decoded = match &text {
-            Some(t) => decode_text(t.as_str(), hub.config.max_depth),
-            None => decode(&bytes, encoding, hub.config.max_depth),
-        };
-        let value = match decoded {
-            Ok(v) => v,
-            Err(e) => {
-                reply_later(tx, Err(log_error(e, None, "-")), None, encoding, permit);
-                continue;
+        // A call in JSON is read straight into its request; any other frame (or a call the
+        // fast reader leaves alone, such as a wrong one) is decoded into a value first. A text
+        // frame is UTF-8 already; the JSON parser need not check it again.
+        let fast = text
+            .as_ref()
+            .and_then(|t| parse_call_text(t.as_str(), hub.config.max_depth));
+        let (frame, requestid) = match fast {
+            Some((requestid, request)) => (Ok(Frame::Call { requestid, request }), None),
+            None => {
+                let decoded = match &text {
+                    Some(t) => decode_text(t.as_str(), hub.config.max_depth),
+                    None => decode(&bytes, encoding, hub.config.max_depth),
+                };
+                let value = match decoded {
+                    Ok(v) => v,
+                    Err(e) => {
+                        reply_later(tx, Err(log_error(e, None, "-")), None, encoding, permit);
+                        continue;
+                    }
+                };
+                let requestid = requestid_of(&value);
+                (parse_frame(value), requestid)
             }
         };
-        let requestid = requestid_of(&value);
         let router = hub.dispatcher.router();
-        match parse_frame(value) {
+        match frame {
             Ok(Frame::Call { requestid, request }) => {
                 // A call to a provider is answered from the provider's side; any other runs
                 // in a task of its own. Either way the reply holds this frame's permit.
