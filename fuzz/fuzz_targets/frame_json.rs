@@ -1,8 +1,9 @@
-//! WebSocket text frames: JSON decoding (depth limit), the fast reader of a provider's
-//! `result`, every frame type, and the checks of a call before dispatch.
+//! WebSocket text frames: JSON decoding (depth limit), the fast readers of a call and of a
+//! provider's `result` (each must agree with the general reader), every frame type, and the
+//! checks of a call before dispatch.
 #![no_main]
 
-use flowhub::protocol::frame::{decode, decode_text, parse_frame};
+use flowhub::protocol::frame::{decode, decode_text, parse_call_text, parse_frame};
 use flowhub::protocol::provider::parse_result_text;
 use flowhub::protocol::{Encoding, Frame};
 use libfuzzer_sys::fuzz_target;
@@ -38,6 +39,16 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(answer, a);
             }
             other => panic!("the fast result reader disagrees: {other:?}"),
+        }
+    }
+    if let Some((requestid, request)) = parse_call_text(text, MAX_DEPTH) {
+        let general = decoded.clone().and_then(parse_frame);
+        match general {
+            Ok(Frame::Call {
+                requestid: r,
+                request: q,
+            }) => assert_eq!((requestid, request), (r, q), "the fast call reader disagrees"),
+            other => panic!("the fast call reader took a frame the general one reads as {other:?}"),
         }
     }
     if let Ok(value) = decoded {
