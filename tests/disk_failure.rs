@@ -206,10 +206,10 @@ fn logged_state(log_dir: &Path) -> Model {
     for r in recovered.records {
         assert!(r.seq > prev, "sequence numbers grow in the log");
         prev = r.seq;
-        assert_eq!(r.endpoint, ENDPOINT);
+        assert_eq!(&*r.endpoint, ENDPOINT);
         match r.state {
-            Some(json) => state.insert(r.id, serde_json::from_slice(&json).unwrap()),
-            None => state.remove(&r.id),
+            Some(json) => state.insert(r.id.to_string(), serde_json::from_slice(&json).unwrap()),
+            None => state.remove(&*r.id),
         };
     }
     state

@@ -164,7 +164,11 @@ async fn history(n: usize) -> History {
         .map(|r| {
             (
                 r.seq,
-                (r.endpoint.clone(), r.namespace.clone(), r.id.clone()),
+                (
+                    r.endpoint.to_string(),
+                    r.namespace.to_string(),
+                    r.id.to_string(),
+                ),
             )
         })
         .collect();

@@ -47,7 +47,11 @@ fuzz_target!(|data: &[u8]| {
             Ok(Frame::Call {
                 requestid: r,
                 request: q,
-            }) => assert_eq!((requestid, request), (r, q), "the fast call reader disagrees"),
+            }) => assert_eq!(
+                (requestid, request),
+                (r, q),
+                "the fast call reader disagrees"
+            ),
             other => panic!("the fast call reader took a frame the general one reads as {other:?}"),
         }
     }

@@ -100,9 +100,9 @@ fn build(pieces: &[Piece], seq: &mut u64) -> Vec<u8> {
                 let rec = LogRecord {
                     seq: *seq,
                     created_seq: *created,
-                    endpoint: endpoint.clone(),
-                    namespace: String::new(),
-                    id: id.clone(),
+                    endpoint: endpoint.as_str().into(),
+                    namespace: "".into(),
+                    id: id.as_str().into(),
                     state: state.as_ref().map(|s| Bytes::copy_from_slice(s)),
                     published: *published,
                 };

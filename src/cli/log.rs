@@ -242,7 +242,7 @@ fn dump(args: DumpArgs) -> i32 {
     let mut write_error: Option<io::Error> = None;
     let result = inspect(&log_dir, |file, offset, rec| {
         let wanted = rec.seq >= args.from
-            && args.endpoint.as_deref().is_none_or(|e| e == rec.endpoint)
+            && args.endpoint.as_deref().is_none_or(|e| e == &*rec.endpoint)
             && args.limit.is_none_or(|l| shown < l);
         if wanted {
             shown += 1;

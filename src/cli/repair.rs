@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::log::file::sync_dir;
 use crate::log::recovery::{recover, segments, Recovered};
@@ -50,6 +51,9 @@ fn kept(r: &Recovered, base_seq: u64) -> String {
     )
 }
 
+/// An object by endpoint, namespace and id.
+type ObjectKey = (Arc<str>, Arc<str>, Arc<str>);
+
 /// The repair dropped records whose versions clients may have seen. Sequence numbers have no
 /// gaps in the log, so numbering cannot simply jump there: the kept state is written as a
 /// snapshot at the highest dropped number, and the segments it covers are moved aside. The
@@ -61,7 +65,7 @@ fn continue_numbering(
     r: &mut Recovered,
 ) -> Result<(), String> {
     let seq = r.dropped_max_seq;
-    let mut state: HashMap<(String, String, String), LogRecord> = base_entries
+    let mut state: HashMap<ObjectKey, LogRecord> = base_entries
         .into_iter()
         .map(|e| ((e.endpoint.clone(), e.namespace.clone(), e.id.clone()), e))
         .collect();

@@ -767,8 +767,8 @@ mod tests {
             seq,
             created_seq: seq,
             endpoint: "a/b".into(),
-            namespace: String::new(),
-            id: format!("o{seq}"),
+            namespace: "".into(),
+            id: format!("o{seq}").into(),
             state: Some(bytes::Bytes::from(format!("{{\"id\":\"o{seq}\"}}"))),
             published,
         };

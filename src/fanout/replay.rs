@@ -66,13 +66,13 @@ pub(super) fn run(job: &Job) -> Option<(Vec<(Message, usize)>, usize)> {
     };
     // The last state of each object of the subscription seen in the read (None: deleted),
     // by (published, id).
-    let mut last: HashMap<(bool, String), Option<Arc<Record>>> = HashMap::new();
+    let mut last: HashMap<(bool, Arc<str>), Option<Arc<Record>>> = HashMap::new();
     let read = read_range(&job.log_dir, job.from, job.floor, |rec, in_range| {
-        if rec.endpoint != sub.endpoint || rec.namespace != sub.namespace {
+        if *rec.endpoint != *sub.endpoint || *rec.namespace != *sub.namespace {
             return true;
         }
         if let Target::Object(id) = &sub.target {
-            if *id != rec.id {
+            if **id != *rec.id {
                 return true;
             }
         }
@@ -130,7 +130,7 @@ impl Frames {
 /// The event of a log record, given the object's previous state in the read (`None`: not
 /// seen; `Some(None)`: deleted), and whether its old state is known.
 fn event(rec: LogRecord, prev: Option<Option<Arc<Record>>>) -> (Event, bool) {
-    let id: Arc<str> = Arc::from(rec.id.as_str());
+    let id: Arc<str> = rec.id.clone();
     let new = rec.state.map(|json| {
         Arc::new(Record::with_json(
             id.clone(),
@@ -156,8 +156,8 @@ fn event(rec: LogRecord, prev: Option<Option<Arc<Record>>>) -> (Event, bool) {
         seq: rec.seq,
         kind,
         published: rec.published,
-        endpoint: rec.endpoint,
-        namespace: rec.namespace,
+        endpoint: rec.endpoint.to_string(),
+        namespace: rec.namespace.to_string(),
         id,
         old,
         new,

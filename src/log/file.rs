@@ -484,8 +484,8 @@ mod tests {
             seq,
             created_seq: 1,
             endpoint: "a/b".into(),
-            namespace: String::new(),
-            id: format!("o{}", seq % 7),
+            namespace: "".into(),
+            id: format!("o{}", seq % 7).into(),
             state: Some(Bytes::from(format!(
                 "{{\"n\":{seq},\"pad\":\"{}\"}}",
                 "p".repeat(200)

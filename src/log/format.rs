@@ -15,6 +15,8 @@
 //! The CRC covers the sequence number and the payload, so a torn, flipped or misplaced record
 //! is always detected; the length is checked against a ceiling before anything is allocated.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::LogRecord;
@@ -94,16 +96,51 @@ pub enum Decoded {
 
 /// Decodes the record at the start of `buf`.
 pub fn decode(buf: &[u8]) -> Decoded {
-    decode_with(buf, &|state| Bytes::copy_from_slice(state))
+    decode_with(
+        buf,
+        &|state| Bytes::copy_from_slice(state),
+        &mut Names::default(),
+    )
 }
 
 /// Decodes the record at the start of `buf`; its state is a slice of `buf`, not a copy (a
 /// snapshot is read into one buffer that its records then share).
 pub fn decode_shared(buf: &Bytes) -> Decoded {
-    decode_with(buf, &|state| buf.slice_ref(state))
+    decode_shared_named(buf, &mut Names::default())
 }
 
-fn decode_with(buf: &[u8], share: &dyn Fn(&[u8]) -> Bytes) -> Decoded {
+/// [`decode_shared`] for one record of a run: its endpoint and namespace are the previous
+/// record's (shared, not allocated again) when they are the same.
+pub fn decode_shared_named(buf: &Bytes, names: &mut Names) -> Decoded {
+    decode_with(buf, &|state| buf.slice_ref(state), names)
+}
+
+/// The endpoint and namespace of the last record decoded, handed to the next record when its
+/// names are the same: records come in long runs of one collection.
+#[derive(Default)]
+pub struct Names {
+    endpoint: Option<Arc<str>>,
+    namespace: Option<Arc<str>>,
+}
+
+impl Names {
+    fn endpoint(&mut self, name: &str) -> Arc<str> {
+        Names::share(&mut self.endpoint, name)
+    }
+
+    fn namespace(&mut self, name: &str) -> Arc<str> {
+        Names::share(&mut self.namespace, name)
+    }
+
+    fn share(last: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
+        match last {
+            Some(l) if **l == *name => l.clone(),
+            _ => last.insert(Arc::from(name)).clone(),
+        }
+    }
+}
+
+fn decode_with(buf: &[u8], share: &dyn Fn(&[u8]) -> Bytes, names: &mut Names) -> Decoded {
     if buf.len() < HEADER_LEN {
         return Decoded::Truncated;
     }
@@ -122,13 +159,18 @@ fn decode_with(buf: &[u8], share: &dyn Fn(&[u8]) -> Bytes) -> Decoded {
     let mut seq_bytes = [0u8; 8];
     seq_bytes.copy_from_slice(&buf[8..16]);
     let seq = u64::from_le_bytes(seq_bytes);
-    match parse_payload(seq, &buf[HEADER_LEN..total], share) {
+    match parse_payload(seq, &buf[HEADER_LEN..total], share, names) {
         Some(rec) => Decoded::Record(rec, total),
         None => Decoded::Corrupt("payload does not parse".into()),
     }
 }
 
-fn parse_payload(seq: u64, p: &[u8], share: &dyn Fn(&[u8]) -> Bytes) -> Option<LogRecord> {
+fn parse_payload(
+    seq: u64,
+    p: &[u8],
+    share: &dyn Fn(&[u8]) -> Bytes,
+    names: &mut Names,
+) -> Option<LogRecord> {
     let mut at = 0usize;
     let mut take = |n: usize| -> Option<&[u8]> {
         let s = p.get(at..at.checked_add(n)?)?;
@@ -136,15 +178,13 @@ fn parse_payload(seq: u64, p: &[u8], share: &dyn Fn(&[u8]) -> Bytes) -> Option<L
         Some(s)
     };
     let created_seq = u64::from_le_bytes(take(8)?.try_into().ok()?);
-    let mut names = Vec::with_capacity(3);
-    for _ in 0..3 {
+    let mut name = || -> Option<&str> {
         let len = u16::from_le_bytes(take(2)?.try_into().ok()?);
-        names.push(
-            std::str::from_utf8(take(usize::from(len))?)
-                .ok()?
-                .to_string(),
-        );
-    }
+        std::str::from_utf8(take(usize::from(len))?).ok()
+    };
+    let endpoint = names.endpoint(name()?);
+    let namespace = names.namespace(name()?);
+    let id: Arc<str> = Arc::from(name()?);
     let kind = take(1)?[0];
     let state = match kind {
         0 | 2 => None,
@@ -158,9 +198,6 @@ fn parse_payload(seq: u64, p: &[u8], share: &dyn Fn(&[u8]) -> Bytes) -> Option<L
     if at != p.len() {
         return None;
     }
-    let id = names.pop()?;
-    let namespace = names.pop()?;
-    let endpoint = names.pop()?;
     Some(LogRecord {
         seq,
         created_seq,
@@ -196,10 +233,7 @@ mod tests {
         let Decoded::Record(a, n) = decode(&buf) else {
             panic!("first record")
         };
-        assert_eq!(
-            (a.seq, a.created_seq, a.namespace.as_str()),
-            (7, 3, "tenant-ä")
-        );
+        assert_eq!((a.seq, a.created_seq, &*a.namespace), (7, 3, "tenant-ä"));
         assert_eq!(a.state.as_deref(), Some(&br#"{"id":"b93aefc2","n":1}"#[..]));
         let Decoded::Record(b, m) = decode(&buf[n..]) else {
             panic!("second record")
@@ -220,7 +254,7 @@ mod tests {
     fn records_that_do_not_fit_are_refused() {
         assert!(check(&rec(1, Some("{}"))).is_ok());
         let mut long_id = rec(1, None);
-        long_id.id = "x".repeat(70_000);
+        long_id.id = "x".repeat(70_000).into();
         assert!(check(&long_id).is_err());
         let mut big = rec(1, None);
         // Zeroed pages are not touched: this costs no real memory.

@@ -20,6 +20,8 @@ pub mod tail;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 /// The files of `dir` whose names end in `suffix`, sorted by name; none when `dir` does not
@@ -49,9 +51,11 @@ pub struct LogRecord {
     pub seq: u64,
     /// The sequence number of the object's CREATE: its place in the endpoint's natural order.
     pub created_seq: u64,
-    pub endpoint: String,
-    pub namespace: String,
-    pub id: String,
+    /// Shared: a decoder gives consecutive records of one collection the same names
+    /// ([`format::Names`]), so a start does not allocate (and compare) them per record.
+    pub endpoint: Arc<str>,
+    pub namespace: Arc<str>,
+    pub id: Arc<str>,
     /// The object's whole new state as JSON; `None` for a delete.
     pub state: Option<Bytes>,
     /// A change a provider published for an object it keeps itself: it holds a position in

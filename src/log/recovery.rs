@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use super::file::sync_dir;
 use bytes::Bytes;
 
-use super::format::{decode, decode_shared, Decoded, HEADER_LEN, MAGIC};
+use super::format::{decode, decode_shared_named, Decoded, Names, HEADER_LEN, MAGIC};
 use super::LogRecord;
 
 /// Damage that stops the start.
@@ -170,9 +170,10 @@ enum At {
     Bad(String),
 }
 
-fn read_at(buf: &Bytes, at: usize, last: bool) -> At {
-    // Records share the segment's buffer rather than copying their state out of it.
-    match decode_shared(&buf.slice(at..)) {
+fn read_at(buf: &Bytes, at: usize, last: bool, names: &mut Names) -> At {
+    // Records share the segment's buffer rather than copying their state out of it, and a run
+    // of one collection's records shares its names.
+    match decode_shared_named(&buf.slice(at..), names) {
         Decoded::Record(rec, used) => At::Record(rec, used),
         _ if buf[at..].iter().all(|&b| b == 0) => At::Free,
         _ if last && !intact_record_after(&buf[at..]) => At::Torn,
@@ -363,8 +364,9 @@ pub fn recover(dir: &Path, after_seq: u64, repair: bool) -> Result<Recovered, Re
                 ))
             }
         }
+        let mut names = Names::default();
         while damage.is_none() && out.torn.is_none() && at < buf.len() {
-            match read_at(&buf, at, last) {
+            match read_at(&buf, at, last, &mut names) {
                 At::Record(rec, used) => {
                     if let Some(why) = out_of_sequence(prev_seq, rec.seq) {
                         damage = Some((at as u64, why));
@@ -517,8 +519,9 @@ pub fn inspect(
                 ));
             }
         }
+        let mut names = Names::default();
         while at < buf.len() {
-            match read_at(&buf, at, last) {
+            match read_at(&buf, at, last, &mut names) {
                 At::Record(rec, used) => {
                     if let Some(why) = out_of_sequence(prev_seq, rec.seq) {
                         out.findings.push(finding(at, at + used, why, false));
@@ -596,8 +599,8 @@ mod tests {
                 seq,
                 created_seq: seq,
                 endpoint: "a/b".into(),
-                namespace: String::new(),
-                id: format!("o{seq}"),
+                namespace: "".into(),
+                id: format!("o{seq}").into(),
                 state: Some(Bytes::from(state)),
                 published: false,
             }])

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::file::{sync_dir, FileLog};
-use super::format::{decode_shared, encode, Decoded};
+use super::format::{decode_shared_named, encode, Decoded, Names};
 use super::recovery::segments;
 use super::{files_ending, Log, LogRecord};
 
@@ -282,8 +282,9 @@ impl Checked {
         let mut at = 0;
         let mut seen = 0u64;
         let mut out = Vec::with_capacity(chunk);
+        let mut names = Names::default();
         while at < self.entries.len() {
-            match decode_shared(&self.entries.slice(at..)) {
+            match decode_shared_named(&self.entries.slice(at..), &mut names) {
                 Decoded::Record(rec, used) => {
                     out.push(rec);
                     at += used;
@@ -414,9 +415,9 @@ mod tests {
             &LogRecord {
                 seq: 1,
                 created_seq: 1,
-                endpoint: String::new(),
-                namespace: String::new(),
-                id: String::new(),
+                endpoint: "".into(),
+                namespace: "".into(),
+                id: "".into(),
                 state: None,
                 published: false,
             },
@@ -440,8 +441,8 @@ mod tests {
             seq: i,
             created_seq: i,
             endpoint: "a/b".into(),
-            namespace: String::new(),
-            id: format!("o{i}"),
+            namespace: "".into(),
+            id: format!("o{i}").into(),
             state: Some(Bytes::from(format!("{{\"id\":\"o{i}\"}}"))),
             published: false,
         }
@@ -470,7 +471,7 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().len(), size);
         let (seq, back) = read(&path).unwrap();
         assert_eq!((seq, back.len()), (777, 500));
-        assert_eq!(back[499].id, "o500");
+        assert_eq!(&*back[499].id, "o500");
         let good = fs::read(&path).unwrap();
         for at in [3, 20, good.len() / 2, good.len() - 10, good.len() - 1] {
             let mut bad = good.clone();

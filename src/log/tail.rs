@@ -139,7 +139,7 @@ mod tests {
             seq,
             created_seq: 1,
             endpoint: "a/b".into(),
-            namespace: String::new(),
+            namespace: "".into(),
             id: "x".into(),
             state: Some(Bytes::from(format!("{{\"id\":\"x\",\"n\":{seq}}}"))),
             published: false,

@@ -111,12 +111,14 @@ impl Shared {
             for ns in ep.namespaces.iter() {
                 let coll = ns.value().read();
                 out.reserve(coll.len());
+                let endpoint: Arc<str> = ep.key().as_str().into();
+                let namespace: Arc<str> = ns.key().as_str().into();
                 out.extend(coll.records().map(|r| LogRecord {
                     seq: r.version,
                     created_seq: r.created_seq,
-                    endpoint: ep.key().clone(),
-                    namespace: ns.key().clone(),
-                    id: r.id.to_string(),
+                    endpoint: endpoint.clone(),
+                    namespace: namespace.clone(),
+                    id: r.id.clone(),
                     state: Some(r.json.clone()),
                     published: false,
                 }));
@@ -226,23 +228,34 @@ impl Store {
             log_failure: parking_lot::Mutex::new(None),
             log_failing: std::sync::atomic::AtomicBool::new(false),
         });
-        // Records come grouped by collection (a snapshot is written collection by collection):
-        // keep the last collection at hand instead of looking it up for every record.
-        let mut current: Option<(String, String, Arc<RwLock<Collection>>)> = None;
+        // Records come in long runs of one collection (a snapshot is written collection by
+        // collection, and its decoder shares one endpoint and namespace name across a run):
+        // the collection being filled is taken out of its lock and filled as a plain value, and
+        // put back when the run ends, so that a record costs neither a lookup nor a lock.
+        // Nothing else sees the store before this returns.
+        type Run = (Arc<str>, Arc<str>, Arc<RwLock<Collection>>, Collection);
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+        let put_back = |run: Option<Run>| {
+            if let Some((_, _, shared_coll, filled)) = run {
+                *shared_coll.write() = filled;
+            }
+        };
+        let mut current: Option<Run> = None;
         for rec in records {
             // A provider's published change holds a position but no state of the store.
             if rec.published {
                 continue;
             }
-            let coll = match &current {
-                Some((e, n, c)) if *e == rec.endpoint && *n == rec.namespace => c.clone(),
-                _ => {
-                    let c = shared.collection_or_create(&rec.endpoint, &rec.namespace);
-                    current = Some((rec.endpoint.clone(), rec.namespace.clone(), c.clone()));
-                    c
-                }
+            let in_run = matches!(&current, Some((e, n, _, _)) if same(e, &rec.endpoint) && same(n, &rec.namespace));
+            if !in_run {
+                put_back(current.take());
+                let c = shared.collection_or_create(&rec.endpoint, &rec.namespace);
+                let filled = std::mem::take(&mut *c.write());
+                current = Some((rec.endpoint.clone(), rec.namespace.clone(), c, filled));
+            }
+            let Some((_, _, _, coll)) = current.as_mut() else {
+                continue;
             };
-            let mut coll = coll.write();
             coll.last_seq = rec.seq;
             match rec.state {
                 None => {
@@ -256,9 +269,8 @@ impl Store {
                             rec.seq
                         ));
                     }
-                    let id: Arc<str> = rec.id.into();
                     coll.put(Arc::new(Record::with_json(
-                        id,
+                        rec.id,
                         rec.created_seq,
                         rec.seq,
                         json,
@@ -266,6 +278,7 @@ impl Store {
                 }
             }
         }
+        put_back(current.take());
         let (writes, handle) = sequencer::spawn(shared.clone(), log, last_seq + 1)
             .map_err(|e| format!("cannot start the sequencer thread: {e}"))?;
         Ok(Store {

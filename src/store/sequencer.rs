@@ -203,9 +203,9 @@ fn run(
                         .as_ref()
                         .or(c.old.as_ref())
                         .map_or(c.seq, |r| r.created_seq),
-                    endpoint: c.endpoint.clone(),
-                    namespace: c.namespace.clone(),
-                    id: c.id.to_string(),
+                    endpoint: c.endpoint.as_str().into(),
+                    namespace: c.namespace.as_str().into(),
+                    id: c.id.clone(),
                     state: if c.published {
                         c.new.as_ref().or(c.old.as_ref()).map(|r| r.json.clone())
                     } else {
