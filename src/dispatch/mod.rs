@@ -289,10 +289,11 @@ impl Dispatcher {
         self.router.start(call, Box::new(Finish { sink, started }));
     }
 
-    /// A call no provider serves, whose outcome goes to `sink`. Whatever answers at once is
-    /// answered here, on the caller's task; a write goes to the sequencer with its reply
-    /// attached, so no task waits for the commit. Only a call whose authentication must wait
-    /// (a password to hash) or that goes to the authentication engine runs in a task.
+    /// A call no provider serves, whose outcome goes to `sink`. Whatever answers at once (an
+    /// OPEN, the checks of a write) is answered here, on the caller's task; a write goes to
+    /// the sequencer with its reply attached, so no task waits for the commit. A LIST or an
+    /// INDEX (which may read a whole collection), a call whose authentication must wait (a
+    /// password to hash) and one to the authentication engine run in a task of their own.
     fn call_unrouted(
         &self,
         mut request: Request,
@@ -301,7 +302,11 @@ impl Dispatcher {
         sink: Box<dyn ReplySink>,
         started: Instant,
     ) {
-        let answers_at_once = creds.basic.is_none() && !is_login(&request);
+        // LIST and INDEX may read a whole collection: they run in a task, so that the reader
+        // goes on and one connection's queries run side by side, as they always did.
+        let answers_at_once = creds.basic.is_none()
+            && !is_login(&request)
+            && !matches!(request.method, Method::List | Method::Index);
         let who = answers_at_once.then(|| {
             self.auth
                 .authenticate_now(request.token.as_deref(), &creds)

@@ -115,8 +115,8 @@ pub fn decode_shared_named(buf: &Bytes, names: &mut Names) -> Decoded {
     decode_with(buf, &|state| buf.slice_ref(state), names)
 }
 
-/// The endpoint and namespace of the last record decoded, handed to the next record when its
-/// names are the same: records come in long runs of one collection.
+/// The endpoint and namespace of the last record decoded (or built), handed to the next
+/// record when its names are the same: records come in long runs of one collection.
 #[derive(Default)]
 pub struct Names {
     endpoint: Option<Arc<str>>,
@@ -124,11 +124,11 @@ pub struct Names {
 }
 
 impl Names {
-    fn endpoint(&mut self, name: &str) -> Arc<str> {
+    pub fn endpoint(&mut self, name: &str) -> Arc<str> {
         Names::share(&mut self.endpoint, name)
     }
 
-    fn namespace(&mut self, name: &str) -> Arc<str> {
+    pub fn namespace(&mut self, name: &str) -> Arc<str> {
         Names::share(&mut self.namespace, name)
     }
 

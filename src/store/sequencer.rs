@@ -164,6 +164,8 @@ fn run(
     mut next_seq: u64,
 ) {
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
+    // The log records' names, shared from one write to the next of the same collection.
+    let mut names = crate::log::format::Names::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -203,8 +205,8 @@ fn run(
                         .as_ref()
                         .or(c.old.as_ref())
                         .map_or(c.seq, |r| r.created_seq),
-                    endpoint: c.endpoint.as_str().into(),
-                    namespace: c.namespace.as_str().into(),
+                    endpoint: names.endpoint(&c.endpoint),
+                    namespace: names.namespace(&c.namespace),
                     id: c.id.clone(),
                     state: if c.published {
                         c.new.as_ref().or(c.old.as_ref()).map(|r| r.json.clone())

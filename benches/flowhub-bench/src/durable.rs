@@ -207,10 +207,16 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
     }))
 }
 
-/// A profiling aid (`FLOWHUB_BENCH_DURABLE_SOAK=SECONDS`): the hub alone with 64 writers for
-/// one long window, its pid printed first for `perf record -p` or `perf stat -p`.
+/// A profiling aid (`FLOWHUB_BENCH_DURABLE_SOAK=SECONDS`): the hub alone with 64 writers
+/// (`FLOWHUB_BENCH_DURABLE_SOAK_WRITERS` to change) for one long window, its pid printed first
+/// for `perf record -p` or `perf stat -p`.
 async fn soak(plan: &Plan, hub: &Hub, length: std::time::Duration) -> Res<Value> {
-    let writers = WRITERS[WRITERS.len() - 1];
+    let writers = match std::env::var("FLOWHUB_BENCH_DURABLE_SOAK_WRITERS") {
+        Ok(n) => n
+            .parse()
+            .map_err(|_| "FLOWHUB_BENCH_DURABLE_SOAK_WRITERS takes a number")?,
+        Err(_) => WRITERS[WRITERS.len() - 1],
+    };
     println!(
         "FLOWHUB_BENCH_DURABLE_SOAK: hub pid {}; {writers} writers, {:.1} s after {:.1} s warm-up",
         hub.pid,
