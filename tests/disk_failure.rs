@@ -414,6 +414,112 @@ async fn refused_appends_are_unavailable_and_leave_nothing_behind() {
     store.close().await;
 }
 
+/// Where a WebSocket call's outcome goes: a channel the test reads.
+struct Sink(tokio::sync::mpsc::UnboundedSender<flowhub::protocol::Outcome>);
+
+impl flowhub::dispatch::ReplySink for Sink {
+    fn send(self: Box<Self>, outcome: flowhub::protocol::Outcome) {
+        let _ = self.0.send(outcome);
+    }
+}
+
+/// A write as a WebSocket session makes it: handed to the sequencer with its reply attached
+/// (`Dispatcher::call_sink`), no task waiting for the commit.
+fn write_attached(
+    d: &Dispatcher,
+    method: Method,
+    id: &str,
+    data: Value,
+    replies: &tokio::sync::mpsc::UnboundedSender<flowhub::protocol::Outcome>,
+) {
+    let mut req = Request::new(method, ENDPOINT);
+    req.objectid = Some(id.to_string());
+    req.data = Some(data);
+    d.call_sink(
+        req,
+        flowhub::protocol::Caller::default(),
+        flowhub::auth::Credentials::default(),
+        Box::new(Sink(replies.clone())),
+    );
+}
+
+/// The version of a stored object in an outcome, or its error code.
+fn version_of(outcome: flowhub::protocol::Outcome) -> Result<u64, ErrorCode> {
+    match outcome {
+        Ok(s) => match s.data {
+            Data::Stored(r) => {
+                let object: Value = serde_json::from_slice(r.json()).unwrap();
+                Ok(object["version"].as_u64().unwrap())
+            }
+            _ => panic!("a write answers with its object"),
+        },
+        Err(e) => Err(e.error.code),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_with_their_reply_attached_are_refused_and_acknowledged_like_awaited_ones() {
+    let data = tempfile::tempdir().unwrap();
+    let log_dir = data.path().join("log");
+    let faults = Arc::new(Faults::default());
+    let store = open_store(&log_dir, faults.clone());
+    let d = Dispatcher::new(store.clone(), 10_000);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+
+    write_attached(&d, Method::Create, "a", json!({"n": 1}), &tx);
+    let v1 = version_of(rx.recv().await.unwrap()).expect("the CREATE is acknowledged");
+
+    // A refused append: UNAVAILABLE, and nothing of it is applied.
+    faults.write_errors.store(1, Ordering::SeqCst);
+    write_attached(&d, Method::Update, "a", json!({"n": 2}), &tx);
+    assert_eq!(
+        version_of(rx.recv().await.unwrap()),
+        Err(ErrorCode::Unavailable)
+    );
+    assert_eq!(
+        call(&d, Method::Open, Some("a"), None).await.unwrap()["n"],
+        1,
+        "the refused UPDATE left nothing behind"
+    );
+
+    // The disk works again: the next write is acknowledged, with a higher version.
+    write_attached(&d, Method::Update, "a", json!({"n": 3}), &tx);
+    let v2 = version_of(rx.recv().await.unwrap()).expect("the UPDATE is acknowledged");
+    assert!(v2 > v1);
+
+    // More writes than the sequencer's queue holds while it is held in an append: those that
+    // find it full wait for room in tasks of their own, and every one is acknowledged once.
+    faults.hold.store(true, Ordering::SeqCst);
+    let entered = faults.entered.load(Ordering::SeqCst);
+    write_attached(&d, Method::Create, "held", json!({}), &tx);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while faults.entered.load(Ordering::SeqCst) == entered {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sequencer reaches the log"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let many = flowhub::store::WRITE_QUEUE + 500;
+    for i in 0..many {
+        write_attached(&d, Method::Create, &format!("q{i}"), json!({"i": i}), &tx);
+    }
+    faults.hold.store(false, Ordering::SeqCst);
+    let mut versions = std::collections::BTreeSet::new();
+    for _ in 0..=many {
+        let v = version_of(rx.recv().await.unwrap()).expect("every queued write is acknowledged");
+        assert!(versions.insert(v), "version {v} given twice");
+    }
+    assert_eq!(
+        call(&d, Method::Open, Some(&format!("q{}", many - 1)), None)
+            .await
+            .unwrap()["i"],
+        many - 1
+    );
+    drop(d);
+    store.close().await;
+}
+
 /// Writes that meet in one refused batch: none of them happened, so each gets UNAVAILABLE,
 /// even where an earlier write of the same batch would have changed its answer (a second
 /// CREATE of one id, an UPDATE after a DELETE).

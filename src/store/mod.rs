@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use collection::{Collection, ListResult};
 pub use record::Record;
-pub use sequencer::{Change, ChangeKind, Done, WriteOp};
+pub use sequencer::{Change, ChangeKind, Done, WriteOp, WRITE_QUEUE};
 
 use crate::log::{Log, LogRecord};
 use crate::query::{Fields, Group, ListQuery, Operator, Path};
