@@ -24,6 +24,10 @@ use parking_lot::RwLock;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
+/// Endpoint and namespace names are looked up several times per call: a fast hasher, seeded
+/// per map (names come from clients, so not predictable from outside).
+type NameHasher = foldhash::fast::RandomState;
+
 pub use collection::{Collection, ListResult};
 pub use record::Record;
 pub use sequencer::{Change, ChangeKind, Done, WriteOp, WRITE_QUEUE};
@@ -70,13 +74,13 @@ impl Default for StoreConfig {
 pub struct EndpointData {
     indexed: RwLock<Vec<Path>>,
     auto_indexes: RwLock<usize>,
-    namespaces: DashMap<String, Arc<RwLock<Collection>>>,
+    namespaces: DashMap<String, Arc<RwLock<Collection>>, NameHasher>,
 }
 
 /// The state the sequencer writes and readers read.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    endpoints: DashMap<String, Arc<EndpointData>>,
+    endpoints: DashMap<String, Arc<EndpointData>, NameHasher>,
     config: StoreConfig,
     /// The sequence number of the last committed (applied) change.
     last_seq: std::sync::atomic::AtomicU64,
@@ -175,7 +179,7 @@ impl Shared {
                                 .unwrap_or_default(),
                         ),
                         auto_indexes: RwLock::new(0),
-                        namespaces: DashMap::new(),
+                        namespaces: DashMap::default(),
                     })
                 })
                 .clone(),
@@ -221,7 +225,7 @@ impl Store {
         last_seq: u64,
     ) -> Result<Store, String> {
         let shared = Arc::new(Shared {
-            endpoints: DashMap::new(),
+            endpoints: DashMap::default(),
             config,
             last_seq: std::sync::atomic::AtomicU64::new(last_seq),
             changes: parking_lot::Mutex::new(None),
