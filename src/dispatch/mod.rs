@@ -307,31 +307,32 @@ impl Dispatcher {
         let answers_at_once = creds.basic.is_none()
             && !is_login(&request)
             && !matches!(request.method, Method::List | Method::Index);
-        let who = answers_at_once.then(|| {
+        let planned = answers_at_once.then(|| {
             self.auth
                 .authenticate_now(request.token.as_deref(), &creds)
                 .map_err(Fail::Hub)
                 .and_then(|who| self.plan(&mut request, &caller, Some(who)))
         });
-        let finish =
-            move |result: Result<Success, Fail>, request: &Request, sink: Box<dyn ReplySink>| {
-                let outcome = outcome_of(result, request.method, &request.endpoint);
-                count(&request.endpoint, request.method, &outcome, started);
-                sink.send(outcome);
-            };
-        match who {
-            Some(Ok(Next::Done(s))) => finish(Ok(s), &request, sink),
-            Some(Err(f)) => finish(Err(f), &request, sink),
+        // Copy (it holds only `started`): every branch below ends with it.
+        let finish = move |result: Result<Success, Fail>,
+                           method: Method,
+                           endpoint: &str,
+                           sink: Box<dyn ReplySink>| {
+            let outcome = outcome_of(result, method, endpoint);
+            count(endpoint, method, &outcome, started);
+            sink.send(outcome);
+        };
+        match planned {
+            Some(Ok(Next::Done(s))) => finish(Ok(s), request.method, &request.endpoint, sink),
+            Some(Err(f)) => finish(Err(f), request.method, &request.endpoint, sink),
             Some(Ok(Next::Write(op))) => {
                 let method = request.method;
                 let endpoint = request.endpoint;
                 self.store.submit(
                     op,
                     Box::new(move |result| {
-                        let outcome =
-                            outcome_of(store_outcome(result).map_err(Fail::Hub), method, &endpoint);
-                        count(&endpoint, method, &outcome, started);
-                        sink.send(outcome);
+                        let result = store_outcome(result).map_err(Fail::Hub);
+                        finish(result, method, &endpoint, sink);
                     }),
                 );
             }
@@ -343,7 +344,12 @@ impl Dispatcher {
                 tokio::spawn(async move {
                     let result =
                         crate::auth::endpoints::call(&auth, &request, who.as_ref(), &creds).await;
-                    finish(result.map_err(Fail::Hub), &request, sink);
+                    finish(
+                        result.map_err(Fail::Hub),
+                        request.method,
+                        &request.endpoint,
+                        sink,
+                    );
                 });
             }
             None => {
