@@ -72,7 +72,12 @@ impl Watch {
                 .read_to_string(&mut out)
                 .unwrap();
             let code = self.child.wait().unwrap().code().unwrap();
-            let err: Vec<String> = self.stderr.try_iter().collect();
+            // Everything the child wrote to stderr: the reader thread forwards lines until the
+            // pipe closes, which may be a moment after the exit.
+            let mut err = Vec::new();
+            while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(10)) {
+                err.push(line);
+            }
             (code, (out, err.join("\n")))
         })
         .await
