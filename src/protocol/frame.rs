@@ -324,6 +324,13 @@ pub fn parse_call_text(text: &str, max_depth: usize) -> Option<(Option<Value>, R
     if !text.trim_start().starts_with('{') {
         return None;
     }
+    // Another frame type named near the start (as clients write it) is left alone before it is
+    // read: its data may be large, and reading it here would read it twice.
+    let head = &text.as_bytes()[..text.len().min(128)];
+    let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
+    if has(b"\"type\"") && !has(b"\"call\"") {
+        return None;
+    }
     let f: CallText = serde_json::from_str(text).ok()?;
     if f.kind.as_deref().is_some_and(|k| k != "call") {
         return None;

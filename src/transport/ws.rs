@@ -685,8 +685,9 @@ where
         let router = hub.dispatcher.router();
         match frame {
             Ok(Frame::Call { requestid, request }) => {
-                // A call to a provider is answered from the provider's side; any other runs
-                // in a task of its own. Either way the reply holds this frame's permit.
+                // A call to a provider is answered from the provider's side, a write from the
+                // sequencer's (`Dispatcher::call_sink`). Either way the reply holds this
+                // frame's permit.
                 let sink = WsReply {
                     tx,
                     requestid,
