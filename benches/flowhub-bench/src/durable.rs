@@ -108,6 +108,7 @@ pub async fn run(plan: &Plan, bin: &Path) -> Res<Value> {
         plan.warmup.as_secs_f64()
     );
     println!("baseline: {BASELINE_RECORD} B appended to its own file per thread + fdatasync, same file system; peer: SET of the same value, one connection per writer");
+    println!("clients: the same lean loop for both (one buffer per connection, one write per call): WebSocket frames to the hub, RESP to Redis");
     let mut t = Table::new(
         &[
             "writers",
@@ -243,7 +244,7 @@ async fn soak(plan: &Plan, hub: &Hub, length: std::time::Duration) -> Res<Value>
 async fn hub_writers(hub: &Hub, writers: usize, plan: &Plan) -> Res<Sample> {
     let mut sockets = Vec::with_capacity(writers);
     for _ in 0..writers {
-        sockets.push(ws::connect(hub.addr).await?);
+        sockets.push(ws::Lean::connect(hub.addr).await?);
     }
     let window = Window::new(plan.warmup, plan.window);
     let mut tasks = Vec::with_capacity(writers);
@@ -258,13 +259,12 @@ async fn hub_writers(hub: &Hub, writers: usize, plan: &Plan) -> Res<Sample> {
                 );
                 i += 1;
                 let began = Instant::now();
-                let reply = ws::call(&mut sock, frame).await?;
-                if !ws::succeeded(&reply) {
-                    return Err(ws::failure("UPDATE", &reply));
+                let reply = sock.call(&frame).await?;
+                if !ws::succeeded(reply) {
+                    return Err(ws::failure("UPDATE", reply));
                 }
                 window.record(&mut h, began);
             }
-            let _ = sock.close(None).await;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(h)
         }));
     }
