@@ -65,12 +65,16 @@ pub fn read_range(
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ended::NotCovered),
             Err(e) => return Err(e),
         };
+        // A record is never longer than what is left of its file: a damaged length is not
+        // allocated for.
+        let mut left = file.metadata()?.len();
         let mut r = BufReader::with_capacity(64 << 10, file);
         let mut magic = [0u8; MAGIC.len()];
         if read_full(&mut r, &mut magic)? < MAGIC.len() || &magic != MAGIC {
             // A segment torn at creation holds nothing; the next one (if any) must go on.
             continue;
         }
+        left = left.saturating_sub(MAGIC.len() as u64);
         loop {
             let mut head = [0u8; HEADER_LEN];
             if read_full(&mut r, &mut head)? < HEADER_LEN {
@@ -83,6 +87,11 @@ pub fn read_range(
             if len > MAX_PAYLOAD {
                 return Ok(Ended::NotCovered);
             }
+            left = left.saturating_sub(HEADER_LEN as u64);
+            if len as u64 > left {
+                break; // torn (being written past `upto`, or damaged): read no further
+            }
+            left -= len as u64;
             let mut buf = vec![0u8; HEADER_LEN + len];
             buf[..HEADER_LEN].copy_from_slice(&head);
             if read_full(&mut r, &mut buf[HEADER_LEN..])? < len {
