@@ -265,6 +265,7 @@ async fn hub_writers(hub: &Hub, writers: usize, plan: &Plan) -> Res<Sample> {
                 }
                 window.record(&mut h, began);
             }
+            let _ = sock.close().await;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(h)
         }));
     }

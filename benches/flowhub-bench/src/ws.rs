@@ -236,6 +236,11 @@ impl Lean {
         Ok(())
     }
 
+    /// Ends the session with a close frame (1000, normal closure).
+    pub async fn close(mut self) -> Res<()> {
+        self.send(0x8, &1000u16.to_be_bytes()).await
+    }
+
     /// Sends one call and returns the payload of the next text frame (the reply: nothing else
     /// is in flight on this socket).
     pub async fn call(&mut self, frame: &str) -> Res<&str> {
@@ -326,7 +331,7 @@ mod tests {
             assert_eq!(reply.len(), len);
             assert_eq!(reply, text.chars().rev().collect::<String>());
         }
-        lean.send(0x8, &[0x03, 0xe8]).await.unwrap();
+        lean.close().await.unwrap();
         assert_eq!(
             server.await.unwrap(),
             8,
