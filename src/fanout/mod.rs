@@ -34,10 +34,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 pub use event::{Event, Live};
 pub use session::Connection;
@@ -312,10 +312,10 @@ pub struct Outbox {
     /// Bytes of events queued and not yet written.
     queued: AtomicUsize,
     limit: usize,
-    /// Cancelled when the connection fell behind past `limit` (wakes the writer).
-    slow: CancellationToken,
-    /// The same, read on every delivery (cheaper than asking the token).
+    /// Set when the connection fell behind past `limit`; read on every delivery.
     is_slow: AtomicBool,
+    /// The writer waiting for [`Slow`], woken when `is_slow` is set.
+    slow_waker: AtomicWaker,
 }
 
 impl Outbox {
@@ -341,7 +341,7 @@ impl Outbox {
                     close_code = SLOW_CLOSE_CODE,
                     "slow subscriber: its outbound queue passed max_outbound_bytes; closing the connection"
                 );
-                self.slow.cancel();
+                self.slow_waker.wake();
                 crate::ops::series().slow_consumer_disconnects.increment(1);
             }
             return false;
@@ -411,6 +411,29 @@ impl Staging {
     }
 }
 
+/// A future that resolves once its connection is marked slow. Polling it costs two atomic
+/// operations (the writer polls it on every wake-up), not a lock.
+pub struct Slow(Arc<Outbox>);
+
+impl std::future::Future for Slow {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let outbox = &self.0;
+        if outbox.is_slow.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(());
+        }
+        outbox.slow_waker.register(cx.waker());
+        // Marked between the load and the registration: the wake may have missed the waker.
+        if outbox.is_slow.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+}
+
 /// The receiving end of an [`Outbox`], read by the connection's writer.
 pub struct Outgoing {
     rx: mpsc::UnboundedReceiver<Batch>,
@@ -448,10 +471,10 @@ impl Outgoing {
         self.next_ready()
     }
 
-    /// Cancelled when the connection is too slow and must be closed with
+    /// Resolves when the connection is too slow and must be closed with
     /// [`SLOW_CLOSE_CODE`].
-    pub fn slow(&self) -> CancellationToken {
-        self.outbox.slow.clone()
+    pub fn slow(&self) -> Slow {
+        Slow(self.outbox.clone())
     }
 
     /// Drops every queued frame (the connection is being closed).
@@ -521,8 +544,8 @@ impl Fanout {
             tx,
             queued: AtomicUsize::new(0),
             limit: self.inner.config.max_outbound_bytes,
-            slow: CancellationToken::new(),
             is_slow: AtomicBool::new(false),
+            slow_waker: AtomicWaker::new(),
             staged: AtomicUsize::new(0),
         });
         let conn = Connection::new(self.clone(), outbox.clone());

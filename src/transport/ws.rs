@@ -306,9 +306,17 @@ where
     let (out_tx, out_rx) = mpsc::channel::<Message>(hub.config.outbound_queue);
     let (subscriptions, events) = hub.fanout.connect();
     let subscriptions = Arc::new(subscriptions);
-    let mut writer = tokio::spawn(write_loop(sink, out_rx, events));
-
     let in_flight = Arc::new(Semaphore::new(hub.config.max_calls_in_flight));
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        events,
+        Awaited {
+            in_flight: in_flight.clone(),
+            max: hub.config.max_calls_in_flight,
+        },
+    ));
+
     let connection = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let peer = Peer {
         caller: Caller {
@@ -516,7 +524,9 @@ where
         // polls everything every 64th frame and whenever it would wait.
         frames = frames.wrapping_add(1);
         let fast = !frames.is_multiple_of(64);
-        if hub.shutdown.is_cancelled() {
+        // Asking the shutdown token takes a lock: it is asked every 64th frame here, and
+        // whenever the reader waits (the `select!` below polls it).
+        if !fast && hub.shutdown.is_cancelled() {
             return away();
         }
         if out_tx.is_closed() {
@@ -829,10 +839,24 @@ fn may_subscribe(
 /// is, so the reader and pending replies see at once that the writer is gone. A subscriber
 /// that fell behind (its events passed `max_outbound_bytes`) has its queued events dropped
 /// and gets close code 3008, if the socket takes it within [`SLOW_CLOSE_WAIT`].
+/// The calls of a session that have not been answered yet: the reader's permits.
+struct Awaited {
+    in_flight: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Awaited {
+    /// Whether a reply may still come for a call read so far.
+    fn any(&self) -> bool {
+        self.in_flight.available_permits() < self.max
+    }
+}
+
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut out_rx: mpsc::Receiver<Message>,
     mut events: Outgoing,
+    awaited: Awaited,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -851,11 +875,16 @@ async fn write_loop<S>(
             if sink.feed(msg).await.is_err() {
                 break;
             }
-            // Drain what is queued; then let the tasks woken alongside this one queue theirs
-            // (replies finishing in the same tick) and drain again, so that one write carries
-            // many frames: a flush per frame costs a system call per reply.
+            // Drain what is queued; then, if calls are still unanswered, let the tasks woken
+            // alongside this one queue their replies (those finishing in the same tick) and
+            // drain again, so that one write carries many frames: a flush per frame costs a
+            // system call per reply. With no call unanswered (a client waiting for this
+            // reply before it sends again), the reply goes out without that wait.
             for round in 0..2 {
-                if round == 1 && !closing {
+                if round == 1 {
+                    if closing || !awaited.any() {
+                        break;
+                    }
                     tokio::task::yield_now().await;
                 }
                 while !closing {
@@ -879,7 +908,7 @@ async fn write_loop<S>(
     };
     let slow_consumer = tokio::select! {
         biased;
-        _ = slow.cancelled() => true,
+        _ = slow => true,
         _ = run => false,
     };
     drop(out_rx);
