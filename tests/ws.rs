@@ -814,3 +814,54 @@ async fn the_conformance_echo_path_is_off_by_default_and_shares_the_limits() {
     assert_eq!(code(close), Some(CloseCode::Size));
     hub.stop().await;
 }
+
+/// A client may send its first frames right behind the upgrade request, without waiting for
+/// the 101: they reach the hub in the same read as the request and must be served, not lost.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_answered() {
+    let hub = TestHub::start().await;
+    let mut s = TcpStream::connect(hub.addr).await.unwrap();
+    let call = json!({"requestid": 7, "endpoint": "early/bird", "method": "CREATE",
+        "data": {"id": "e1", "n": 1}})
+    .to_string();
+    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    // One masked text frame (a client's frames are masked), its length under 126.
+    assert!(call.len() < 126);
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend_from_slice(&[0x81, 0x80 | call.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(call.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&bytes).await.unwrap();
+    // The 101's head, then whatever came after it belongs to the WebSocket.
+    let mut head = Vec::new();
+    let end = loop {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the hub closed the connection: {head:?}");
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        s,
+        head[end..].to_vec(),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let reply = match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+        Some(Ok(Message::Text(t))) => serde_json::from_str::<Value>(t.as_str()).unwrap(),
+        other => panic!("no reply: {other:?}"),
+    };
+    assert_eq!(reply["requestid"], 7, "{reply}");
+    assert_eq!(reply["success"], true, "{reply}");
+    assert_eq!(reply["data"]["id"], "e1", "{reply}");
+    hub.stop().await;
+}

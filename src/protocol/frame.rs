@@ -147,6 +147,14 @@ fn depth_error(max_depth: usize) -> FlowError {
 
 /// Nesting depth of a value: scalars are 0, `{}` and `[]` are 1.
 pub fn depth(value: &Value) -> usize {
+    // The usual call's data: an object (or array) of scalars, told without a stack.
+    let scalar = |c: &Value| !matches!(c, Value::Array(_) | Value::Object(_));
+    match value {
+        Value::Object(o) if o.values().all(scalar) => return 1,
+        Value::Array(a) if a.iter().all(scalar) => return 1,
+        Value::Object(_) | Value::Array(_) => {}
+        _ => return 0,
+    }
     // Iterative, so that a hostile value cannot overflow the stack here either.
     let mut max = 0;
     let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
@@ -407,6 +415,19 @@ fn id_value(value: Option<Value>, key: &str) -> Result<Option<String>, FlowError
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn depth_counts_nesting_flat_or_not() {
+        assert_eq!(depth(&json!(1)), 0);
+        assert_eq!(depth(&json!("s")), 0);
+        assert_eq!(depth(&json!({})), 1);
+        assert_eq!(depth(&json!([])), 1);
+        assert_eq!(depth(&json!({"a": 1, "b": "x", "c": null})), 1);
+        assert_eq!(depth(&json!([1, 2, 3])), 1);
+        assert_eq!(depth(&json!({"a": 1, "b": {"c": 1}})), 2);
+        assert_eq!(depth(&json!([1, [2, [3]]])), 3);
+        assert_eq!(depth(&json!({"a": [{"b": [{}]}]})), 5);
+    }
 
     #[test]
     fn a_seed_call_with_endpoint_and_requestid_parses() {

@@ -206,18 +206,35 @@ pub fn validate_endpoint(endpoint: &str) -> Result<(), FlowError> {
             "endpoint is longer than {MAX_ENDPOINT_LEN} bytes"
         )));
     }
-    let segments = endpoint.split('/').count();
+    // One pass over the bytes: the name is checked on every call.
+    let mut segments = 1;
+    let mut start = 0;
+    let bytes = endpoint.as_bytes();
+    let mut ok = true;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            ok &= segment_ok(&bytes[start..i]);
+            segments += 1;
+            start = i + 1;
+        } else {
+            ok &= b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+        }
+    }
+    ok &= segment_ok(&bytes[start..]);
     if segments > 8 {
         return Err(FlowError::invalid("endpoint has more than 8 segments"));
     }
-    for seg in endpoint.split('/') {
-        validate_segment("endpoint", seg).map_err(|_| {
-            FlowError::invalid(format!(
-                "invalid endpoint {endpoint:?}: segments are non-empty and use only letters, digits, '_', '-' and '.'"
-            ))
-        })?;
+    if !ok {
+        return Err(FlowError::invalid(format!(
+            "invalid endpoint {endpoint:?}: segments are non-empty and use only letters, digits, '_', '-' and '.'"
+        )));
     }
     Ok(())
+}
+
+/// A segment's own rules, its characters aside: not empty, not `.` or `..`.
+fn segment_ok(seg: &[u8]) -> bool {
+    !seg.is_empty() && seg != b"." && seg != b".."
 }
 
 fn validate_segment(what: &str, seg: &str) -> Result<(), FlowError> {
@@ -256,6 +273,36 @@ pub fn validate_objectid(id: &str) -> Result<(), FlowError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_names_follow_the_rules() {
+        for good in [
+            "a",
+            "a/b",
+            "my-app/v1.2/items_x",
+            "a/b/c/d/e/f/g/h",
+            "..a/b..",
+        ] {
+            assert!(validate_endpoint(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            ".",
+            "..",
+            "a/./b",
+            "a/../b",
+            "a b",
+            "a/é",
+            "a?b",
+            "a/b/c/d/e/f/g/h/i",
+        ] {
+            assert!(validate_endpoint(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_endpoint(&"a".repeat(MAX_ENDPOINT_LEN + 1)).is_err());
+    }
 
     #[test]
     fn methods_parse_in_any_case() {

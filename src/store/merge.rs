@@ -100,12 +100,13 @@ pub fn merge_text(
         if out.len() > 1 {
             out.push(b',');
         }
-        // Writing a string or a Value into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, key);
+        write_str(out, key);
         out.push(b':');
         match value {
             Ok(raw) => out.extend_from_slice(raw),
+            Err(Value::String(s)) => write_str(out, s),
             Err(v) => {
+                // Writing a Value into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *out, v);
             }
         }
@@ -159,10 +160,43 @@ pub fn merge_text(
     Some(out)
 }
 
+/// Writes `s` as a JSON string, exactly as `serde_json` does. A string with nothing to
+/// escape (the usual case) is copied whole: the check is one branch-free pass over its bytes,
+/// where the serializer looks up every byte in its escape table and copies in pieces.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    let escapes = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if escapes {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn strings_are_written_as_the_serializer_writes_them() {
+        for s in [
+            "",
+            "plain",
+            "quote \" and backslash \\",
+            "control \u{1} \n \t \u{1f} del \u{7f}",
+            "unicode é ☃ 😀 and a slash /",
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
 
     #[test]
     fn rfc7386_examples() {

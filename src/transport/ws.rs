@@ -226,7 +226,17 @@ pub fn upgrade(
     let tracker = hub.sessions.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => session_with(TokioIo::new(upgraded), hub, peer, mode).await,
+            // A plain TCP connection: the session reads and writes the socket itself rather
+            // than through the upgrade's boxed, rewindable wrapper (four layers per read).
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                Ok(parts) => {
+                    let io = parts.io.into_inner();
+                    session_with(io, parts.read_buf, hub, peer, mode).await
+                }
+                Err(upgraded) => {
+                    session_with(TokioIo::new(upgraded), Bytes::new(), hub, peer, mode).await
+                }
+            },
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
         drop(conn);
@@ -284,11 +294,12 @@ pub async fn session<S>(io: S, hub: Hub, peer: Option<std::net::IpAddr>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    session_with(io, hub, peer, Mode::Calls).await;
+    session_with(io, Bytes::new(), hub, peer, Mode::Calls).await;
 }
 
-/// [`session`] in the given mode.
-async fn session_with<S>(io: S, hub: Hub, peer: Option<std::net::IpAddr>, mode: Mode)
+/// [`session`] in the given mode; `read` holds what was read from `io` past the upgrade
+/// request (frames a client sent without waiting for the 101).
+async fn session_with<S>(io: S, read: Bytes, hub: Hub, peer: Option<std::net::IpAddr>, mode: Mode)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -301,7 +312,11 @@ where
     // the hub's CPU on small calls, and that much per idle socket. Larger messages still
     // arrive whole; the buffer is only the unit of reading.
     ws_config.read_buffer_size = 8 * 1024;
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+    let ws = if read.is_empty() {
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await
+    } else {
+        WebSocketStream::from_partially_read(io, read.to_vec(), Role::Server, Some(ws_config)).await
+    };
     let (sink, mut stream) = ws.split();
     let (out_tx, out_rx) = mpsc::channel::<Message>(hub.config.outbound_queue);
     let (subscriptions, events) = hub.fanout.connect();
