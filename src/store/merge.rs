@@ -82,6 +82,111 @@ impl<'de> Deserialize<'de> for Members<'de> {
     }
 }
 
+/// The members of an object's text, in order: each key (which must have no escapes) and
+/// its value's text. One pass over the bytes, skipping values without reading them: the
+/// text is the hub's own, written by a JSON serializer. `None` for a key with an escape
+/// and for anything that is not an object's text; the parser ([`Members`]) then decides.
+fn scan_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &[u8])>> {
+    let mut members = Vec::with_capacity(8);
+    let mut i = skip_ws(text, 0);
+    if text.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(text, i + 1);
+    if text.get(i) == Some(&b'}') {
+        return (skip_ws(text, i + 1) == text.len()).then_some(members);
+    }
+    loop {
+        // The key: a string without escapes.
+        if text.get(i) != Some(&b'"') {
+            return None;
+        }
+        let start = i + 1;
+        let len = text[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')?;
+        if text[start + len] != b'"' {
+            return None;
+        }
+        let key = std::str::from_utf8(&text[start..start + len]).ok()?;
+        i = skip_ws(text, start + len + 1);
+        if text.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(text, i + 1);
+        let value_start = i;
+        i = skip_value(text, i)?;
+        members.push((Cow::Borrowed(key), &text[value_start..i]));
+        i = skip_ws(text, i);
+        match text.get(i) {
+            Some(b',') => i = skip_ws(text, i + 1),
+            Some(b'}') => break,
+            _ => return None,
+        }
+    }
+    (skip_ws(text, i + 1) == text.len()).then_some(members)
+}
+
+fn skip_ws(text: &[u8], mut i: usize) -> usize {
+    while matches!(text.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the string that starts (with its quote) at `i`.
+fn skip_string(text: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        i += text[i..].iter().position(|&b| b == b'"' || b == b'\\')?;
+        if text[i] == b'"' {
+            return Some(i + 1);
+        }
+        // An escape: the backslash and the byte it escapes (a `\u` escape's hex digits
+        // hold no quote or backslash).
+        i += 2;
+        if i > text.len() {
+            return None;
+        }
+    }
+}
+
+/// The end of the value that starts at `i`.
+fn skip_value(text: &[u8], i: usize) -> Option<usize> {
+    match text.get(i)? {
+        b'"' => skip_string(text, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match text.get(j)? {
+                    b'"' => {
+                        j = skip_string(text, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        // A number, `true`, `false` or `null`: up to the next delimiter.
+        _ => {
+            let len = text[i..]
+                .iter()
+                .position(|&b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(text.len() - i);
+            (len > 0).then_some(i + len)
+        }
+    }
+}
+
 /// `object` (the text of a JSON object, written by the hub) with `patch` applied, then
 /// `set` — members the hub manages, such as `updated` and `version` — put in: exactly the
 /// text that parsing `object`, [`merge_patch`], inserting `set` in order and writing the
@@ -93,7 +198,17 @@ pub fn merge_text(
     patch: &Map<String, Value>,
     set: &[(&str, Value)],
 ) -> Option<Vec<u8>> {
-    let Members(members) = serde_json::from_slice(object).ok()?;
+    let members: Vec<(Cow<str>, &[u8])> = match scan_members(object) {
+        Some(m) => m,
+        // A key with escapes (or text the scanner does not expect): the parser reads it.
+        None => {
+            let Members(members) = serde_json::from_slice(object).ok()?;
+            members
+                .into_iter()
+                .map(|(Key(k), raw)| (k, raw.get().as_bytes()))
+                .collect()
+        }
+    };
     let mut out = Vec::with_capacity(object.len() + 64);
     out.push(b'{');
     let put = |out: &mut Vec<u8>, key: &str, value: Result<&[u8], &Value>| {
@@ -113,21 +228,21 @@ pub fn merge_text(
     };
     // Linear lookups for the usual few members; a set for large objects.
     let names: Option<std::collections::HashSet<&str>> =
-        (members.len() > 16).then(|| members.iter().map(|(k, _)| k.0.as_ref()).collect());
+        (members.len() > 16).then(|| members.iter().map(|(k, _)| k.as_ref()).collect());
     let has = |name: &str| match &names {
         Some(set) => set.contains(name),
-        None => members.iter().any(|(k, _)| k.0 == name),
+        None => members.iter().any(|(k, _)| k == name),
     };
-    for (Key(key), raw) in &members {
+    for (key, raw) in &members {
         if let Some((_, v)) = set.iter().find(|(k, _)| *k == key.as_ref()) {
             put(&mut out, key, Err(v));
             continue;
         }
         match patch.get(key.as_ref()) {
-            None => put(&mut out, key, Ok(raw.get().as_bytes())),
+            None => put(&mut out, key, Ok(raw)),
             Some(Value::Null) => {}
             Some(Value::Object(p)) => {
-                let mut target = match serde_json::from_str::<Value>(raw.get()) {
+                let mut target = match serde_json::from_slice::<Value>(raw) {
                     Ok(Value::Object(m)) => m,
                     _ => Map::new(),
                 };
@@ -182,6 +297,45 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_scanner_finds_the_members_the_parser_finds() {
+        let texts = [
+            r#"{}"#,
+            r#" { } "#,
+            r#"{"a":1}"#,
+            r#"{"id":"x","n":-1.5e-3,"t":true,"f":false,"z":null}"#,
+            r#"{ "a" : "q\"}{[" , "b":{"c":"}]\\","d":[1,{"e":"\u0022"}]} ,"é":"☃" }"#,
+            r#"{"list":[[],{},[{}]],"s":"a\\\"b"}"#,
+            "{\"a\":\n1,\r\n\t\"b\":2}",
+        ];
+        for text in texts {
+            let scanned = scan_members(text.as_bytes()).unwrap_or_else(|| panic!("{text}"));
+            let Members(parsed) = serde_json::from_str(text).unwrap();
+            let parsed: Vec<(String, Vec<u8>)> = parsed
+                .into_iter()
+                .map(|(Key(k), raw)| (k.into_owned(), raw.get().as_bytes().to_vec()))
+                .collect();
+            let scanned: Vec<(String, Vec<u8>)> = scanned
+                .into_iter()
+                .map(|(k, raw)| (k.into_owned(), raw.to_vec()))
+                .collect();
+            assert_eq!(scanned, parsed, "{text}");
+        }
+        // Left to the parser: keys with escapes, and what is not one object.
+        for text in [
+            r#"{"k\"ey":1}"#,
+            r#"[1]"#,
+            r#"{"a":1"#,
+            r#"{"a":1}x"#,
+            r#"{"a" 1}"#,
+            r#"{"a":}"#,
+            r#"{"a":"open}"#,
+            r#""#,
+        ] {
+            assert!(scan_members(text.as_bytes()).is_none(), "{text}");
+        }
+    }
 
     #[test]
     fn strings_are_written_as_the_serializer_writes_them() {
