@@ -102,9 +102,7 @@ fn scan_members(text: &[u8]) -> Option<Vec<(Cow<'_, str>, &[u8])>> {
             return None;
         }
         let start = i + 1;
-        let len = text[start..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\')?;
+        let len = memchr::memchr2(b'"', b'\\', &text[start..])?;
         if text[start + len] != b'"' {
             return None;
         }
@@ -138,7 +136,7 @@ fn skip_ws(text: &[u8], mut i: usize) -> usize {
 fn skip_string(text: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
     loop {
-        i += text[i..].iter().position(|&b| b == b'"' || b == b'\\')?;
+        i += memchr::memchr2(b'"', b'\\', &text[i..])?;
         if text[i] == b'"' {
             return Some(i + 1);
         }
