@@ -155,7 +155,8 @@ fn now() -> String {
 
 /// The batch's own changes by object id (indices into the batch's changes), so that a write
 /// sees the writes before it in the same batch.
-type Overlay = HashMap<Arc<str>, Vec<usize>>;
+/// Keyed by callers' ids: seeded per map (foldhash), like the collections' own maps.
+type Overlay = HashMap<Arc<str>, Vec<usize>, foldhash::fast::RandomState>;
 
 fn run(
     shared: Arc<Shared>,
@@ -175,7 +176,7 @@ fn run(
             }
         }
         let batch_start = next_seq;
-        let mut overlay = Overlay::new();
+        let mut overlay = Overlay::default();
         let mut changes: Vec<Change> = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         let stamp = now();
