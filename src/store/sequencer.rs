@@ -261,7 +261,12 @@ fn run(
                     // Cloned out so that the lock is not held while the channel is full.
                     let stream = shared.changes.lock().clone();
                     if let Some(tx) = stream {
-                        let _ = tx.blocking_send(std::mem::take(&mut changes));
+                        // Room is the rule: only a full channel takes the blocking wait (which
+                        // sets up a parker for this thread on every call).
+                        let batch = std::mem::take(&mut changes);
+                        if let Err(mpsc::error::TrySendError::Full(batch)) = tx.try_send(batch) {
+                            let _ = tx.blocking_send(batch);
+                        }
                     }
                 }
                 // Between batches the state is exactly the log up to `next_seq - 1`: the cut.
