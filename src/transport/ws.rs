@@ -848,12 +848,6 @@ fn may_subscribe(
     auth.may_subscribe(&who, &subscribe.endpoint, &subscribe.namespace)
 }
 
-/// Drains the outbound queue and the fan-out's events into the socket, batching what is
-/// ready into one flush (replies first when both are ready). Stops after the close frame,
-/// when the queue closes, or when the socket fails; the queue is closed before the socket
-/// is, so the reader and pending replies see at once that the writer is gone. A subscriber
-/// that fell behind (its events passed `max_outbound_bytes`) has its queued events dropped
-/// and gets close code 3008, if the socket takes it within [`SLOW_CLOSE_WAIT`].
 /// The calls of a session that have not been answered yet: the reader's permits.
 struct Awaited {
     in_flight: Arc<Semaphore>,
@@ -867,6 +861,12 @@ impl Awaited {
     }
 }
 
+/// Drains the outbound queue and the fan-out's events into the socket, batching what is
+/// ready into one flush (replies first when both are ready). Stops after the close frame,
+/// when the queue closes, or when the socket fails; the queue is closed before the socket
+/// is, so the reader and pending replies see at once that the writer is gone. A subscriber
+/// that fell behind (its events passed `max_outbound_bytes`) has its queued events dropped
+/// and gets close code 3008, if the socket takes it within [`SLOW_CLOSE_WAIT`].
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut out_rx: mpsc::Receiver<Message>,
