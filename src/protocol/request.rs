@@ -217,7 +217,7 @@ pub fn validate_endpoint(endpoint: &str) -> Result<(), FlowError> {
             segments += 1;
             start = i + 1;
         } else {
-            ok &= b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+            ok &= name_byte(b);
         }
     }
     ok &= segment_ok(&bytes[start..]);
@@ -237,13 +237,13 @@ fn segment_ok(seg: &[u8]) -> bool {
     !seg.is_empty() && seg != b"." && seg != b".."
 }
 
+/// The characters of endpoint and application names: letters, digits, `_`, `-` and `.`.
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+}
+
 fn validate_segment(what: &str, seg: &str) -> Result<(), FlowError> {
-    let ok = !seg.is_empty()
-        && seg != "."
-        && seg != ".."
-        && seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    let ok = segment_ok(seg.as_bytes()) && seg.bytes().all(name_byte);
     if ok {
         Ok(())
     } else {
