@@ -118,6 +118,17 @@ fn open_store(log_dir: &Path, faults: Arc<Faults>) -> Store {
     .unwrap()
 }
 
+/// A fresh data directory (kept while the first element lives), its log directory, the
+/// faults its log obeys, the store on that log, and a dispatcher over the store.
+fn rig() -> (tempfile::TempDir, PathBuf, Arc<Faults>, Store, Dispatcher) {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let faults = Arc::new(Faults::default());
+    let store = open_store(&log_dir, faults.clone());
+    let d = Dispatcher::new(store.clone(), 10_000);
+    (dir, log_dir, faults, store, d)
+}
+
 /// One call through the dispatcher: the stored object(s), or the error code.
 async fn call(
     d: &Dispatcher,
@@ -225,11 +236,7 @@ fn highest_version(model: &Model) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_appends_are_unavailable_and_leave_nothing_behind() {
-    let data = tempfile::tempdir().unwrap();
-    let log_dir = data.path().join("log");
-    let faults = Arc::new(Faults::default());
-    let store = open_store(&log_dir, faults.clone());
-    let d = Dispatcher::new(store.clone(), 10_000);
+    let (_dir, log_dir, faults, store, d) = rig();
     let mut model = Model::new();
 
     // A healthy start.
@@ -459,11 +466,7 @@ fn version_of(outcome: flowhub::protocol::Outcome) -> Result<u64, ErrorCode> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_with_their_reply_attached_are_refused_and_acknowledged_like_awaited_ones() {
-    let data = tempfile::tempdir().unwrap();
-    let log_dir = data.path().join("log");
-    let faults = Arc::new(Faults::default());
-    let store = open_store(&log_dir, faults.clone());
-    let d = Dispatcher::new(store.clone(), 10_000);
+    let (_dir, _, faults, store, d) = rig();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
 
     write_attached(&d, Method::Create, "a", json!({"n": 1}), &tx);
@@ -525,11 +528,7 @@ async fn writes_with_their_reply_attached_are_refused_and_acknowledged_like_awai
 /// CREATE of one id, an UPDATE after a DELETE).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_of_a_refused_batch_are_all_unavailable() {
-    let data = tempfile::tempdir().unwrap();
-    let log_dir = data.path().join("log");
-    let faults = Arc::new(Faults::default());
-    let store = open_store(&log_dir, faults.clone());
-    let d = Dispatcher::new(store.clone(), 10_000);
+    let (_dir, log_dir, faults, store, d) = rig();
     let mut model = Model::new();
     write_ok(&d, &mut model, Method::Create, "x", Some(json!({"n": 1}))).await;
 
